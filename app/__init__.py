@@ -1,0 +1,1 @@
+"""KRX tick observer: KIS real-time trades through Kafka and Faust into JSONL and PostgreSQL."""

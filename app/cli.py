@@ -1,0 +1,214 @@
+"""``observer``: the one command line of the project. Each subcommand's ``--help`` explains it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from app.config import ConfigError, Settings, load_settings
+from app.stack.common import StackError
+from app.topics import TopicsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """KRX tick observer: KIS real-time trades through Kafka and Faust into JSONL and PostgreSQL.
+
+    Configuration comes from environment variables prefixed OBSERVER_ (see README).
+    """
+    try:
+        ctx.obj = load_settings()
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(EXIT_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------- stack
+
+
+@cli.group()
+def stack() -> None:
+    """The local Kafka (KRaft) and PostgreSQL 15 the project runs on, without Docker.
+
+    State lives in .local/ of the checkout (or OBSERVER_HOME): Kafka jars from Maven Central, the
+    broker's log dirs, the PostgreSQL data directory, logs and pid files.
+    """
+
+
+@stack.command("install")
+@click.pass_context
+def stack_install(ctx: click.Context) -> None:
+    """Fetch the Kafka jars (Maven) and install PostgreSQL 15 (Debian packages) if missing; start nothing."""
+    from app.stack.kafka import LocalKafka
+    from app.stack.postgres import LocalPostgres
+
+    s = _settings(ctx)
+    kafka, pg = LocalKafka(s), LocalPostgres(s)
+    click.echo("kafka: jars " + ("fetched" if kafka.install() else f"already in {kafka.lib_dir}"))
+    click.echo("postgres: server " + ("installed" if pg.install() else f"already in {pg.bin}"))
+
+
+@stack.command("up")
+@click.option("--no-topics", is_flag=True, help="Do not create the topics of topics/topics.toml.")
+@click.pass_context
+def stack_up(ctx: click.Context, no_topics: bool) -> None:
+    """Start Kafka and PostgreSQL (idempotent: a second call reports what already runs).
+
+    Installs what is missing first, waits until the broker answers metadata requests and the database
+    accepts connections, then creates the declared topics.
+    """
+    from app.stack.kafka import LocalKafka
+    from app.stack.postgres import LocalPostgres
+    from app.topics import apply_topics
+
+    s = _settings(ctx)
+    started = time.monotonic()
+    click.echo(LocalKafka(s).start())
+    click.echo(LocalPostgres(s).start())
+    if not no_topics:
+        report = asyncio.run(apply_topics(s))
+        click.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} ok, {len(report.drift)} drifted")
+        for line in report.drift:
+            click.echo(f"  DRIFT {line}")
+    click.echo(f"stack up in {time.monotonic() - started:.1f} s")
+
+
+@stack.command("down")
+@click.pass_context
+def stack_down(ctx: click.Context) -> None:
+    """Stop Kafka (SIGTERM, orderly shutdown) and PostgreSQL (fast shutdown). Data stays."""
+    from app.stack.kafka import LocalKafka
+    from app.stack.postgres import LocalPostgres
+
+    s = _settings(ctx)
+    click.echo(LocalKafka(s).stop())
+    click.echo(LocalPostgres(s).stop())
+
+
+@stack.command("status")
+@click.pass_context
+def stack_status(ctx: click.Context) -> None:
+    """Say what runs where; exit 1 if either service is not serving."""
+    from app.stack.kafka import LocalKafka
+    from app.stack.postgres import LocalPostgres
+
+    s = _settings(ctx)
+    statuses = [LocalKafka(s).status(), LocalPostgres(s).status()]
+    for st in statuses:
+        click.echo(st.line())
+    if not all(st.running for st in statuses):
+        ctx.exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------ topics
+
+
+@cli.group()
+def topics() -> None:
+    """The Kafka topics declared in topics/topics.toml."""
+
+
+@topics.command("apply")
+@click.option("--check", is_flag=True, help="Create nothing; report missing topics as drift.")
+@click.pass_context
+def topics_apply(ctx: click.Context, check: bool) -> None:
+    """Create the declared topics that are missing and report drift; exit 1 if anything drifted.
+
+    Drift is a partition count or a declared config (retention, cleanup policy, min ISR) that differs on
+    the broker. Existing topics are never altered or deleted.
+    """
+    from app.topics import apply_topics
+
+    report = asyncio.run(apply_topics(_settings(ctx), create=not check))
+    for line in report.lines():
+        click.echo(line)
+    if report.drift:
+        ctx.exit(EXIT_FAILED)
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Print the catalogue: name, partitions, retention, key and value record."""
+    from app.topics import load_topics
+
+    for spec in load_topics().values():
+        retention = "forever" if spec.retention_ms == -1 else f"{spec.retention_ms / 86_400_000:g} d"
+        click.echo(f"{spec.name:<20} {spec.partitions:>3} partitions  {retention:>8}  "
+                   f"key={spec.key!r} value={spec.value}")
+
+
+# --------------------------------------------------------------------------------------------- kis
+
+
+@cli.group()
+def kis() -> None:
+    """The KIS Open API protocol: inspect captured WebSocket messages."""
+
+
+@kis.command("decode")
+@click.argument("source", type=click.File("r", encoding="utf-8", errors="surrogateescape"), default="-")
+def kis_decode(source: Any) -> None:
+    """Decode raw KIS WebSocket messages (one per line; FILE or - for stdin) into trade records.
+
+    Prints one JSON object per trade record with every field under its documented name. A bad frame
+    prints its line number and reason to stderr and decoding goes on; the exit status is 1 if any frame
+    was bad. Control replies and PINGPONG are counted; a SUBSCRIBE SUCCESS's key/iv decrypts later
+    encrypted frames of its TR.
+    """
+    import orjson
+
+    from app.kis.decode import BadLine, DecodeStats, decode_lines
+
+    stats = DecodeStats()
+    out = sys.stdout.buffer
+    for item in decode_lines(source, stats):
+        if isinstance(item, BadLine):
+            click.echo(f"line {item.line_no}: {item.reason}: {item.detail}", err=True)
+        else:
+            out.write(orjson.dumps(item) + b"\n")
+    out.flush()
+    click.echo(stats.summary(), err=True)
+    if stats.bad:
+        sys.exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------- smoke
+
+
+@cli.command()
+@click.pass_context
+def smoke(ctx: click.Context) -> None:
+    """Check the running stack end to end: one RawTick through Kafka, one row through PostgreSQL."""
+    from app.smoke import run_smoke
+
+    for line in asyncio.run(run_smoke(_settings(ctx))):
+        click.echo(line)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except (StackError, TopicsError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

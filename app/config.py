@@ -1,0 +1,79 @@
+"""The one configuration object, read once at start from the environment (prefix ``OBSERVER_``).
+
+Every process builds a single :class:`Settings` through :func:`load_settings` and passes it down;
+nothing else reads the environment. A bad value stops the process with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_home() -> Path:
+    # A source checkout keeps its state beside the code (ignored by git); an installed package uses cwd.
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / ".local"
+    return Path.cwd() / ".local"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBSERVER_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=_default_home, description="State: jars, data dirs, logs, pid files.")
+
+    # Local Kafka (KRaft, one combined broker+controller on loopback).
+    kafka_version: str = "4.1.1"
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
+    kafka_heap: str = Field(default="768m", pattern=r"^\d+[mMgG]$")
+    kafka_start_timeout_s: float = Field(default=120.0, gt=0)
+    # Set to use an existing cluster instead of the local one ("host:port,host:port").
+    kafka_bootstrap: str | None = None
+
+    # Local PostgreSQL 15 (Debian packages, a data directory of the project's).
+    pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    pg_host: str = "127.0.0.1"
+    pg_port: int = Field(default=15432, ge=1, le=65535)
+    pg_database: str = "observer"
+    pg_user: str = "observer"
+    # Set to use an existing server instead of the local one (libpq conninfo or URI).
+    pg_dsn: str | None = None
+
+    # Topic names are prefixed for isolation (tests use a prefix per test).
+    topic_prefix: str = ""
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        if self.pg_dsn:
+            return self.pg_dsn
+        return f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user={self.pg_user}"
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a logical one from ``topics/topics.toml``."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; turn validation errors into one readable :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"OBSERVER_{loc.upper()}: {err['msg']}")
+        raise ConfigError("bad configuration: " + "; ".join(problems)) from None
