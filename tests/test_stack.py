@@ -269,3 +269,29 @@ def test_catalogue_rejects_a_value_without_schema(tmp_path: Path) -> None:
                    'min_insync_replicas=1\n[topics."x"]\nkey="k"\nvalue="NoSuchRecord"\npartitions=1\n')
     with pytest.raises(TopicsError, match=r"NoSuchRecord\.avsc not in"):
         load_topics(bad)
+
+
+def test_missing_postgres_without_apt_is_a_one_line_cause_and_fix(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import load_settings
+    from app.stack.postgres import LocalPostgres
+
+    settings = load_settings(home=tmp_path / "home", pg_bin_dir=tmp_path, pg_port=free_port())
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get to install the server with
+    with pytest.raises(StackError) as err:
+        LocalPostgres(settings).install(progress=False)
+    assert str(err.value) == (f"PostgreSQL 15 server not found in {tmp_path} and apt-get is unavailable; "
+                              "install postgresql-15 or set OBSERVER_PG_BIN_DIR")
+
+
+def test_broker_that_dies_during_start_up_is_reported_with_its_cause(stack: Settings, tmp_path: Path) -> None:
+    """A broker that cannot start (here: a heap too small for the JVM) gives one line with the cause."""
+    home = tmp_path / "home"
+    lib = LocalKafka(stack).lib_dir
+    (home / "kafka" / stack.kafka_version).mkdir(parents=True)
+    (home / "kafka" / stack.kafka_version / "lib").symlink_to(lib)
+    settings = stack.model_copy(update={"home": home, "kafka_heap": "1m", "kafka_port": free_port(),
+                                        "kafka_controller_port": free_port()})
+    with pytest.raises(StackError, match=r"kafka exited during start-up: .*(heap|Heap)") as err:
+        LocalKafka(settings).start()
+    assert "\n" not in str(err.value)
