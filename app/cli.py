@@ -189,6 +189,73 @@ def kis_decode(source: Any) -> None:
         sys.exit(EXIT_FAILED)
 
 
+# --------------------------------------------------------------------------------------------- sim
+
+
+@cli.command()
+@click.option("--seed", default=1, show_default=True, help="Market seed: same seed, same trades.")
+@click.option("--date", "date_", default="2026-11-20", show_default=True, help="Business date (KST).")
+@click.option("--start", default="09:00", show_default=True, help="Simulated start time, HH:MM[:SS] KST.")
+@click.option("--until", default=None, help="Stop when the simulated clock reaches HH:MM[:SS] KST.")
+@click.option("--speed", default=1.0, show_default=True, type=float, help="Simulated seconds per wall second.")
+@click.option("--symbols", default=2000, show_default=True, type=int, help="Universe size.")
+@click.option("--surge", "surges", multiple=True, help="SYMBOL@HH:MM+MINUTESxFACTOR, e.g. 005380@09:05+5x10.")
+@click.option("--random-surges", default=0, show_default=True, type=int, help="Extra surges placed from the seed.")
+@click.option("--rate-scale", default=1.0, show_default=True, type=float, help="Multiply every trade rate.")
+@click.option("--rest-port", default=None, type=int, help="REST port (default OBSERVER_SIM_REST_PORT).")
+@click.option("--ws-port", default=None, type=int, help="WebSocket port (default OBSERVER_SIM_WS_PORT).")
+@click.option("--app-key-id", "app_key_ids", multiple=True, default=("main",), show_default=True,
+              help="Labels of the app keys the simulator accepts (one WebSocket session each).")
+@click.option("--drop-every", default=0.0, type=float, help="Cut each session after this many wall seconds.")
+@click.option("--malformed-rate", default=0.0, type=float, help="Chance per data frame of an extra garbled frame.")
+@click.option("--wrong-field-rate", default=0.0, type=float, help="Chance per frame of an extra 45-field frame.")
+@click.option("--unknown-tr-rate", default=0.0, type=float, help="Chance per frame of an extra unknown-TR frame.")
+@click.option("--record-width", default=46, show_default=True, type=int, help="Fields per record (47: KIS extra).")
+@click.option("--reply-delay-ms", default=0, type=int, help="Delay before each subscribe reply.")
+@click.option("--rest-error-rate", default=0.0, type=float, help="Fraction of quotation calls answered HTTP 500.")
+@click.option("--rest-slow-ms", default=0, type=int, help="Delay added to every REST response.")
+@click.option("--pingpong-interval", default=100.0, show_default=True, type=float, help="PINGPONG every N wall s.")
+@click.option("--progress-every", default=10.0, show_default=True, type=float, help="Progress line every N s.")
+@click.pass_context
+def sim(ctx: click.Context, seed: int, date_: str, start: str, until: str | None, speed: float, symbols: int,
+        surges: tuple[str, ...], random_surges: int, rate_scale: float, rest_port: int | None,
+        ws_port: int | None, app_key_ids: tuple[str, ...], drop_every: float, malformed_rate: float,
+        wrong_field_rate: float, unknown_tr_rate: float, record_width: int, reply_delay_ms: int,
+        rest_error_rate: float, rest_slow_ms: int, pingpong_interval: float, progress_every: float) -> None:
+    """A fake KIS on 127.0.0.1: REST (approval, token, volume rank, price) and the real-time WebSocket.
+
+    It speaks the exact KIS protocol (replies, error codes, 41 registrations, one session per app key,
+    PINGPONG, multi-record frames) over a deterministic seeded market of KRX symbols whose clock starts
+    at --date/--start and runs at --speed. Fault knobs break it on purpose. GET /sim/ledger on the REST
+    port reports exactly what was sent. Runs until --until, SIGINT or SIGTERM.
+    """
+
+    from app.sim.clock import parse_kst
+    from app.sim.rest import RestFaults
+    from app.sim.run import parse_surge, run_simulator
+    from app.sim.server import SimConfig
+    from app.sim.ws import WsFaults, WsLimits
+
+    s = _settings(ctx)
+    try:
+        start_at = parse_kst(f"{date_} {start}")
+        until_at = parse_kst(f"{date_} {until}") if until else None
+        surge_specs = tuple(parse_surge(x) for x in surges)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    config = SimConfig(
+        seed=seed, start=start_at, speed=speed, n_symbols=symbols, surges=surge_specs, random_surges=random_surges,
+        rate_scale=rate_scale, rest_port=s.sim_rest_port if rest_port is None else rest_port,
+        ws_port=s.sim_ws_port if ws_port is None else ws_port, app_key_ids=app_key_ids,
+        limits=WsLimits(pingpong_interval_s=pingpong_interval),
+        ws_faults=WsFaults(drop_every_s=drop_every, malformed_rate=malformed_rate,
+                           wrong_field_count_rate=wrong_field_rate, unknown_tr_rate=unknown_tr_rate,
+                           reply_delay_ms=reply_delay_ms, record_width=record_width, seed=seed),
+        rest_faults=RestFaults(error_rate=rest_error_rate, slow_ms=rest_slow_ms, seed=seed),
+    )
+    asyncio.run(run_simulator(config, until_at, progress_every, lambda line: click.echo(line, err=False)))
+
+
 # ------------------------------------------------------------------------------------------- smoke
 
 

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # Set to use an existing server instead of the local one (libpq conninfo or URI).
     pg_dsn: str | None = None
 
+    # KIS endpoints. Default: the local simulator (`observer sim`). Real KIS: https://openapi.koreainvestment.com:9443
+    # and ws://ops.koreainvestment.com:21000 (paper: :29443 and :31000), with credentials from the environment.
+    kis_rest_url: str = "http://127.0.0.1:18443"
+    kis_ws_url: str = "ws://127.0.0.1:18000"
+    sim_rest_port: int = Field(default=18443, ge=0, le=65535)
+    sim_ws_port: int = Field(default=18000, ge=0, le=65535)
+
     # Topic names are prefixed for isolation (tests use a prefix per test).
     topic_prefix: str = ""
 

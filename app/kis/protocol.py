@@ -19,7 +19,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -129,11 +129,11 @@ class PingPong:
     datetime: str
 
 
-@dataclass(frozen=True, slots=True)
-class DataFrame:
+class DataFrame(NamedTuple):
+    # A NamedTuple, not a dataclass: one is built per frame on the hot path and this is the cheapest.
     encrypted: bool
     tr_id: str
-    count: int
+    n_records: int
     payload: str
 
 
@@ -150,6 +150,13 @@ def classify(message: str | bytes) -> Message:
             message = message.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise FrameError("not_utf8", f"message is not UTF-8 text: {exc}") from None
+    # Fast path for the common case, a well-formed data frame; anything unusual takes the checked path.
+    parts = message.split("|", 3)
+    if len(parts) == 4:
+        flag, tr_id, count_text, payload = parts
+        if (flag == "0" or flag == "1") and tr_id and len(count_text) == 3 and count_text.isdigit() \
+                and count_text != "000" and count_text.isascii():
+            return DataFrame(flag == "1", tr_id, int(count_text), payload)
     if not message:
         raise FrameError("empty_message", "empty message")
     first = message[0]
@@ -202,7 +209,7 @@ def _parse_data_header(text: str) -> DataFrame:
     count = int(count_text)
     if count < 1:
         raise FrameError("bad_count", "record count is 0")
-    return DataFrame(encrypted=flag == "1", tr_id=tr_id, count=count, payload=payload)
+    return DataFrame(encrypted=flag == "1", tr_id=tr_id, n_records=count, payload=payload)
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -222,13 +229,13 @@ def split_records(frame: DataFrame, min_width: int | None = None) -> list[list[s
         min_width = KNOWN_DATA_TRS[frame.tr_id]
     fields = frame.payload.split("^")
     total = len(fields)
-    if total % frame.count:
-        raise FrameError("non_divisible", f"{total} fields do not split into {frame.count} records")
-    width = total // frame.count
+    if total % frame.n_records:
+        raise FrameError("non_divisible", f"{total} fields do not split into {frame.n_records} records")
+    width = total // frame.n_records
     if width < min_width:
         raise FrameError("wrong_field_count",
                          f"{frame.tr_id} records have {width} fields, expected at least {min_width}")
-    if frame.count == 1:
+    if frame.n_records == 1:
         return [fields]
     return [fields[i : i + width] for i in range(0, total, width)]
 

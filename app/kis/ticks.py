@@ -10,7 +10,16 @@ import datetime as dt
 from functools import lru_cache
 from typing import Any
 
-from app.kis.protocol import FIELD_INDEX, TR_TRADE, DataFrame, FrameError, classify, decrypt_payload, split_records
+from app.kis.protocol import (
+    FIELD_INDEX,
+    H0STCNT0_WIDTH,
+    TR_TRADE,
+    DataFrame,
+    FrameError,
+    classify,
+    decrypt_payload,
+    split_records,
+)
 
 RawTick = dict[str, Any]
 
@@ -101,23 +110,81 @@ def record_to_tick(fields: list[str], *, tr_id: str, received_at_us: int, app_ke
     }
 
 
+# Hot-path caches. A session sees one business date and at most ~23,400 distinct trade seconds a day;
+# symbols number in the thousands. Both are cleared when they outgrow these bounds.
+_EVENT_US: dict[str, int] = {}
+_VALID_SYMBOLS: set[str] = set()
+_CACHE_BOUND = 200_000
+_INF = float("inf")
+
+
+def _check_symbol(symbol: str) -> None:
+    if not symbol or not symbol.isalnum() or not symbol.isascii() or len(symbol) > 9:
+        raise FrameError("bad_symbol", f"MKSC_SHRN_ISCD {symbol[:20]!r} is not a KRX short code")
+    if len(_VALID_SYMBOLS) >= _CACHE_BOUND:
+        _VALID_SYMBOLS.clear()
+    _VALID_SYMBOLS.add(symbol)
+
+
+def _event_time_cached(business_date: str, hhmmss: str) -> int:
+    value = event_time_us(business_date, hhmmss)
+    if len(_EVENT_US) >= _CACHE_BOUND:
+        _EVENT_US.clear()
+    _EVENT_US[business_date + hhmmss] = value
+    return value
+
+
 def frame_to_ticks(frame: DataFrame, *, received_at_us: int, app_key_id: str, session_id: str, frame_seq: int,
                    cipher: tuple[str, str] | None = None) -> list[RawTick]:
     """All trade records of one data frame, or FrameError for the whole frame (it goes to the DLQ whole).
 
     ``cipher`` is the (key, iv) from the SUBSCRIBE SUCCESS reply of the frame's TR, needed if encrypted.
+    This is the hot path: conversions run inline in one ``try``; on any failure the record is re-checked
+    field by field by :func:`record_to_tick`, so the error names the exact field.
     """
-    if frame.tr_id != TR_TRADE:
-        raise FrameError("unknown_tr_id", f"data frame for tr_id {frame.tr_id!r}, only {TR_TRADE} is handled")
+    tr_id = frame.tr_id
+    if tr_id != TR_TRADE:
+        raise FrameError("unknown_tr_id", f"data frame for tr_id {tr_id!r}, only {TR_TRADE} is handled")
     if frame.encrypted:
         if cipher is None:
-            raise FrameError("no_cipher", f"encrypted {frame.tr_id} frame but no key/iv from its subscribe reply")
-        frame = DataFrame(False, frame.tr_id, frame.count, decrypt_payload(frame.payload, *cipher))
-    records = split_records(frame)
-    count = len(records)
-    return [record_to_tick(r, tr_id=frame.tr_id, received_at_us=received_at_us, app_key_id=app_key_id,
-                           session_id=session_id, frame_seq=frame_seq, record_index=i, record_count=count)
-            for i, r in enumerate(records)]
+            raise FrameError("no_cipher", f"encrypted {tr_id} frame but no key/iv from its subscribe reply")
+        frame = DataFrame(False, tr_id, frame.n_records, decrypt_payload(frame.payload, *cipher))
+    count = frame.n_records
+    fields = frame.payload.split("^")
+    total = len(fields)
+    if total % count or total // count < H0STCNT0_WIDTH:
+        split_records(frame)  # raises the precise error
+    width = total // count
+    records = [fields] if count == 1 else [fields[i : i + width] for i in range(0, total, width)]
+    ticks: list[RawTick] = []
+    append = ticks.append
+    for index, f in enumerate(records):
+        try:
+            symbol = f[I_SYMBOL]
+            if symbol not in _VALID_SYMBOLS:
+                _check_symbol(symbol)
+            business_date = f[I_DATE]
+            trade_time = f[I_TIME]
+            event_us = _EVENT_US.get(business_date + trade_time)
+            if event_us is None:
+                event_us = _event_time_cached(business_date, trade_time)
+            rate = float(f[I_RATE])
+            if rate - rate != 0.0:  # NaN or infinity: parses as a float, is not a rate
+                raise ValueError(rate)
+            append({
+                "tr_id": tr_id, "symbol": symbol, "business_date": business_date, "trade_time": trade_time,
+                "event_time_us": event_us, "price": int(f[I_PRICE]), "trade_volume": int(f[I_VOL]),
+                "cumulative_volume": int(f[I_ACML]), "change_sign": f[I_SIGN], "change_rate": rate,
+                "best_ask": int(f[I_ASK]), "best_bid": int(f[I_BID]), "side": _SIDES.get(f[I_SIDE], "unknown"),
+                "received_at_us": received_at_us, "app_key_id": app_key_id, "session_id": session_id,
+                "frame_seq": frame_seq, "record_index": index, "record_count": count, "fields": f,
+            })
+        except ValueError:
+            # The precise checker raises the FrameError naming the field.
+            record_to_tick(f, tr_id=tr_id, received_at_us=received_at_us, app_key_id=app_key_id,
+                           session_id=session_id, frame_seq=frame_seq, record_index=index, record_count=count)
+            raise FrameError("bad_number", f"record {index} has a value that is not a number") from None
+    return ticks
 
 
 def parse_trade_message(message: str, *, received_at_us: int = 0, app_key_id: str = "", session_id: str = "",

@@ -1,0 +1,85 @@
+"""Ground truth of the simulator: exactly what it sent, to whom, and what it broke on purpose.
+
+Tests reconcile the pipeline's outputs against these numbers, so a count here moves only when the
+bytes of a frame have been handed to the kernel (a frame whose send failed is not "sent").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SessionLedger:
+    session: int
+    app_key_id: str
+    opened_wall: float
+    closed_wall: float | None = None
+    close_reason: str = ""
+    frames_sent: int = 0
+    records_sent: int = 0
+    records_by_symbol: Counter[str] = field(default_factory=Counter)
+    bad_frames: Counter[str] = field(default_factory=Counter)
+    replies: Counter[str] = field(default_factory=Counter)
+    pings_sent: int = 0
+    pongs_received: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session": self.session, "app_key_id": self.app_key_id, "opened_wall": self.opened_wall,
+            "closed_wall": self.closed_wall, "close_reason": self.close_reason, "frames_sent": self.frames_sent,
+            "records_sent": self.records_sent, "records_by_symbol": dict(self.records_by_symbol),
+            "bad_frames": dict(self.bad_frames), "replies": dict(self.replies), "pings_sent": self.pings_sent,
+            "pongs_received": self.pongs_received,
+        }
+
+
+@dataclass
+class Ledger:
+    sessions: list[SessionLedger] = field(default_factory=list)
+    # Trades of a symbol an app key had registered when its session ended, made before it registered
+    # the symbol again: the only trades a client may legitimately miss.
+    missed_while_unregistered: dict[str, Counter[str]] = field(default_factory=dict)
+    refused_sessions: Counter[str] = field(default_factory=Counter)
+    drops: int = 0
+    trades_generated: int = 0
+    sim_time_us: int = 0
+
+    def open_session(self, session: int, app_key_id: str, wall: float) -> SessionLedger:
+        entry = SessionLedger(session=session, app_key_id=app_key_id, opened_wall=wall)
+        self.sessions.append(entry)
+        return entry
+
+    def totals(self) -> dict[str, Any]:
+        by_symbol: Counter[str] = Counter()
+        bad: Counter[str] = Counter()
+        replies: Counter[str] = Counter()
+        for s in self.sessions:
+            by_symbol.update(s.records_by_symbol)
+            bad.update(s.bad_frames)
+            replies.update(s.replies)
+        missed: Counter[str] = Counter()
+        for counts in self.missed_while_unregistered.values():
+            missed.update(counts)
+        return {
+            "frames_sent": sum(s.frames_sent for s in self.sessions),
+            "records_sent": sum(s.records_sent for s in self.sessions),
+            "records_by_symbol": dict(by_symbol),
+            "bad_frames": dict(bad),
+            "bad_frames_total": sum(bad.values()),
+            "replies": dict(replies),
+            "missed_while_unregistered": sum(missed.values()),
+            "drops": self.drops,
+            "refused_sessions": dict(self.refused_sessions),
+            "trades_generated": self.trades_generated,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sim_time_us": self.sim_time_us,
+            "totals": self.totals(),
+            "sessions": [s.to_json() for s in self.sessions],
+            "missed_while_unregistered": {k: dict(v) for k, v in self.missed_while_unregistered.items()},
+        }
