@@ -253,7 +253,14 @@ def sim(ctx: click.Context, seed: int, date_: str, start: str, until: str | None
                            reply_delay_ms=reply_delay_ms, record_width=record_width, seed=seed),
         rest_faults=RestFaults(error_rate=rest_error_rate, slow_ms=rest_slow_ms, seed=seed),
     )
-    asyncio.run(run_simulator(config, until_at, progress_every, lambda line: click.echo(line, err=False)))
+    try:
+        asyncio.run(run_simulator(config, until_at, progress_every, click.echo))
+    except ValueError as exc:  # the market refuses the configuration (e.g. a surge on an unknown symbol)
+        raise click.BadParameter(str(exc)) from None
+    except OSError as exc:
+        click.echo(f"error: simulator cannot listen on {config.host}: {exc.strerror or exc}; choose other ports "
+                   "with --rest-port/--ws-port", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 # ------------------------------------------------------------------------------------------- smoke

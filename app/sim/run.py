@@ -29,14 +29,15 @@ async def run_simulator(config: SimConfig, until_kst: dt.datetime | None, progre
                         echo: Callable[[str], None]) -> KisSimulator:
     sim = KisSimulator(config)
     await sim.start()
-    creds = ", ".join(config.app_key_ids)
-    echo(f"sim: KIS REST on {sim.rest_url}, WebSocket on {sim.ws_url}; {len(sim.market.symbols)} symbols, "
-         f"seed {config.seed}, start {config.start.astimezone(KST):%Y-%m-%d %H:%M:%S} KST at {config.speed:g}x; "
-         f"app keys: {creds}; ground truth: GET {sim.rest_url}/sim/ledger")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # The banner tells a supervisor we are ready, so it comes after the signal handlers.
+    creds = ", ".join(config.app_key_ids)
+    echo(f"sim: KIS REST on {sim.rest_url}, WebSocket on {sim.ws_url}; {len(sim.market.symbols)} symbols, "
+         f"seed {config.seed}, start {config.start.astimezone(KST):%Y-%m-%d %H:%M:%S} KST at {config.speed:g}x; "
+         f"app keys: {creds}; ground truth: GET {sim.rest_url}/sim/ledger")
     last = time.monotonic()
     try:
         while not stop.is_set():
