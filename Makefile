@@ -25,6 +25,7 @@ demo: setup
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests $(wildcard bench)
+	$(BIN)/ruff format --check app tests $(wildcard bench)
 	$(BIN)/mypy app
 
 test: setup lint

@@ -25,11 +25,26 @@ def sample_tick() -> dict[str, Any]:
     """A RawTick built from a real KIS record (2023-03-24 11:26:16 KST, Samsung Electronics)."""
     fields = SAMPLE_FRAME_RECORD.split("^")
     return {
-        "tr_id": "H0STCNT0", "symbol": fields[0], "business_date": fields[33], "trade_time": fields[1],
-        "event_time_us": 1_679_624_776_000_000, "price": 62700, "trade_volume": 125,
-        "cumulative_volume": 9_694_968, "change_sign": "2", "change_rate": 0.64, "best_ask": 62700,
-        "best_bid": 62600, "side": "buy", "received_at_us": int(time.time() * 1e6), "app_key_id": "smoke",
-        "session_id": "smoke", "frame_seq": 1, "record_index": 0, "record_count": 1, "fields": fields,
+        "tr_id": "H0STCNT0",
+        "symbol": fields[0],
+        "business_date": fields[33],
+        "trade_time": fields[1],
+        "event_time_us": 1_679_624_776_000_000,
+        "price": 62700,
+        "trade_volume": 125,
+        "cumulative_volume": 9_694_968,
+        "change_sign": "2",
+        "change_rate": 0.64,
+        "best_ask": 62700,
+        "best_bid": 62600,
+        "side": "buy",
+        "received_at_us": int(time.time() * 1e6),
+        "app_key_id": "smoke",
+        "session_id": "smoke",
+        "frame_seq": 1,
+        "record_index": 0,
+        "record_count": 1,
+        "fields": fields,
     }
 
 
@@ -46,16 +61,20 @@ async def run_smoke(settings: Settings) -> list[str]:
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
         started = time.monotonic()
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                    enable_idempotence=True)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
         await producer.start()
         try:
-            meta = await producer.send_and_wait(topic, codec.encode("RawTick", tick), key=tick["symbol"].encode(),
-                                                timestamp_ms=tick["event_time_us"] // 1000)
+            meta = await producer.send_and_wait(
+                topic,
+                codec.encode("RawTick", tick),
+                key=tick["symbol"].encode(),
+                timestamp_ms=tick["event_time_us"] // 1000,
+            )
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False
+        )
         await consumer.start()
         try:
             batch = await consumer.getmany(timeout_ms=10_000)
@@ -67,8 +86,10 @@ async def run_smoke(settings: Settings) -> list[str]:
         name, value = codec.decode(records[0].value)
         if name != "RawTick" or value != tick or records[0].timestamp != meta.timestamp:
             raise StackError("smoke: the record read back differs from the one produced")
-        out.append(f"kafka ok: 1 RawTick ({len(records[0].value)} bytes Avro) produced and read back "
-                   f"in {(time.monotonic() - started) * 1000:.0f} ms via {settings.bootstrap_servers}")
+        out.append(
+            f"kafka ok: 1 RawTick ({len(records[0].value)} bytes Avro) produced and read back "
+            f"in {(time.monotonic() - started) * 1000:.0f} ms via {settings.bootstrap_servers}"
+        )
     finally:
         await admin.delete_topics([topic])
         await admin.close()
@@ -78,8 +99,9 @@ async def run_smoke(settings: Settings) -> list[str]:
     started = time.monotonic()
     async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, connect_timeout=10) as conn:
         await conn.execute("CREATE TEMP TABLE smoke_tick (symbol text, cumulative_volume bigint, price bigint)")
-        await conn.execute("INSERT INTO smoke_tick VALUES (%s, %s, %s)",
-                           (tick["symbol"], tick["cumulative_volume"], tick["price"]))
+        await conn.execute(
+            "INSERT INTO smoke_tick VALUES (%s, %s, %s)", (tick["symbol"], tick["cumulative_volume"], tick["price"])
+        )
         cur = await conn.execute("SELECT symbol, cumulative_volume, price FROM smoke_tick")
         row = await cur.fetchone()
     if row != (tick["symbol"], tick["cumulative_volume"], tick["price"]):

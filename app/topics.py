@@ -16,8 +16,16 @@ from app.config import PROJECT_ROOT, Settings
 TOPICS_FILE = PROJECT_ROOT / "topics" / "topics.toml"
 SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 
-_TOPIC_KEYS = {"key", "value", "partitions", "replication_factor", "retention_ms", "cleanup_policy",
-               "min_insync_replicas", "description"}
+_TOPIC_KEYS = {
+    "key",
+    "value",
+    "partitions",
+    "replication_factor",
+    "retention_ms",
+    "cleanup_policy",
+    "min_insync_replicas",
+    "description",
+}
 _CLEANUP_POLICIES = {"delete", "compact", "compact,delete"}
 
 
@@ -75,8 +83,15 @@ def load_topics(path: Path = TOPICS_FILE, schemas_dir: Path = SCHEMAS_DIR) -> di
         if unknown:
             raise TopicsError(f"{path}: topic {name!r} has unknown keys {sorted(unknown)}")
         merged = {**defaults, **body}
-        missing = {"key", "value", "partitions", "replication_factor", "retention_ms", "cleanup_policy",
-                   "min_insync_replicas"} - set(merged)
+        missing = {
+            "key",
+            "value",
+            "partitions",
+            "replication_factor",
+            "retention_ms",
+            "cleanup_policy",
+            "min_insync_replicas",
+        } - set(merged)
         if missing:
             raise TopicsError(f"{path}: topic {name!r} misses {sorted(missing)}")
         for int_key in ("partitions", "replication_factor", "min_insync_replicas"):
@@ -92,8 +107,9 @@ def load_topics(path: Path = TOPICS_FILE, schemas_dir: Path = SCHEMAS_DIR) -> di
     return specs
 
 
-async def apply_topics(settings: Settings, specs: dict[str, TopicSpec] | None = None,
-                       create: bool = True) -> ApplyReport:
+async def apply_topics(
+    settings: Settings, specs: dict[str, TopicSpec] | None = None, create: bool = True
+) -> ApplyReport:
     """Create missing topics (physical names carry ``settings.topic_prefix``) and report drift."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -107,8 +123,10 @@ async def apply_topics(settings: Settings, specs: dict[str, TopicSpec] | None = 
         physical = {settings.topic(name): spec for name, spec in specs.items()}
         missing = [p for p in physical if p not in existing]
         if missing and create:
-            new = [NewTopic(p, physical[p].partitions, physical[p].replication_factor,
-                            topic_configs=physical[p].configs()) for p in missing]
+            new = [
+                NewTopic(p, physical[p].partitions, physical[p].replication_factor, topic_configs=physical[p].configs())
+                for p in missing
+            ]
             resp = await admin.create_topics(new, timeout_ms=30000)
             for topic, code, message in _create_errors(resp):
                 raise TopicsError(f"broker refused to create {topic}: error {code} {message or ''}".strip())
@@ -125,7 +143,8 @@ async def apply_topics(settings: Settings, specs: dict[str, TopicSpec] | None = 
             for resp in await admin.describe_configs(resources):
                 for res in resp.to_object()["resources"]:
                     actual_configs[res["resource_name"]] = {
-                        e["config_names"]: e["config_value"] for e in res["config_entries"]}
+                        e["config_names"]: e["config_value"] for e in res["config_entries"]
+                    }
             for p in present:
                 spec = physical[p]
                 drift = []
@@ -154,12 +173,16 @@ async def _wait_visible(admin: Any, partitions: dict[str, int], deadline_s: floa
     while pending:
         for d in await admin.describe_topics(list(pending)):
             parts = d.get("partitions") or []
-            if (d.get("error_code", 0) == 0 and len(parts) == pending.get(d["topic"])
-                    and all(p.get("leader", -1) >= 0 for p in parts)):
+            if (
+                d.get("error_code", 0) == 0
+                and len(parts) == pending.get(d["topic"])
+                and all(p.get("leader", -1) >= 0 for p in parts)
+            ):
                 pending.pop(d["topic"], None)
         if pending and loop.time() > deadline:
-            raise TopicsError(f"created topics not visible with all partitions after {deadline_s:.0f} s: "
-                              f"{sorted(pending)}")
+            raise TopicsError(
+                f"created topics not visible with all partitions after {deadline_s:.0f} s: {sorted(pending)}"
+            )
         if pending:
             await asyncio.sleep(0.1)
 

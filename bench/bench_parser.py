@@ -114,8 +114,13 @@ def ours(frames: list[str]) -> int:
     n = 0
     for seq, text in enumerate(frames):
         frame = classify(text)
-        ticks = frame_to_ticks(frame, received_at_us=1_795_132_800_000_000 + seq,  # type: ignore[arg-type]
-                               app_key_id="main", session_id="bench", frame_seq=seq)
+        ticks = frame_to_ticks(
+            frame,
+            received_at_us=1_795_132_800_000_000 + seq,  # type: ignore[arg-type]
+            app_key_id="main",
+            session_id="bench",
+            frame_seq=seq,
+        )
         n += len(ticks)
     return n
 
@@ -149,8 +154,10 @@ def main() -> int:
     sizes = [int(f.split("|", 3)[2]) for f in frames]
     mix = ", ".join(f"{k}:{sizes.count(k)}" for k in range(1, 6))
     print(f"python {platform.python_version()} on {platform.machine()}; frames from {source}")
-    print(f"{len(records):,} records in {len(frames):,} frames (records per frame {mix}); "
-          f"mean frame {sum(map(len, frames)) / len(frames):,.0f} chars; built in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{len(records):,} records in {len(frames):,} frames (records per frame {mix}); "
+        f"mean frame {sum(map(len, frames)) / len(frames):,.0f} chars; built in {time.perf_counter() - t0:.1f} s"
+    )
 
     n_records = len(records)
     del records  # the bridge holds frames (strings), not parsed records, while it parses
@@ -167,13 +174,19 @@ def main() -> int:
     ratio = rate["ours"] / rate["baseline"]
     ok_rate, ok_ratio = rate["ours"] >= TARGET_RECORDS_PER_S, ratio >= TARGET_RATIO
     print(f"best of {args.repeat}, interleaved:")
-    print(f"  baseline (split + chunk)          {rate['baseline']:>12,.0f} records/s  "
-          f"{best['baseline'] / n_records * 1e9:7.0f} ns/record")
-    print(f"  ours (classify + frame_to_ticks)  {rate['ours']:>12,.0f} records/s  "
-          f"{best['ours'] / n_records * 1e9:7.0f} ns/record   target >= {TARGET_RECORDS_PER_S:,}: "
-          f"{'MET' if ok_rate else 'MISSED'}")
-    print(f"  ratio ours/baseline               {ratio:>12.2f}                            target >= "
-          f"{TARGET_RATIO}: {'MET' if ok_ratio else 'MISSED'}")
+    print(
+        f"  baseline (split + chunk)          {rate['baseline']:>12,.0f} records/s  "
+        f"{best['baseline'] / n_records * 1e9:7.0f} ns/record"
+    )
+    print(
+        f"  ours (classify + frame_to_ticks)  {rate['ours']:>12,.0f} records/s  "
+        f"{best['ours'] / n_records * 1e9:7.0f} ns/record   target >= {TARGET_RECORDS_PER_S:,}: "
+        f"{'MET' if ok_rate else 'MISSED'}"
+    )
+    print(
+        f"  ratio ours/baseline               {ratio:>12.2f}                            target >= "
+        f"{TARGET_RATIO}: {'MET' if ok_ratio else 'MISSED'}"
+    )
 
     if args.profile or not (ok_rate and ok_ratio):
         profiler = cProfile.Profile()

@@ -159,9 +159,16 @@ def test_subscribe_success_carries_iv_and_key() -> None:
 
 @pytest.mark.parametrize(
     ("msg_cd", "outcome"),
-    [("OPSP0002", Outcome.ALREADY_SUBSCRIBED), ("OPSP0008", Outcome.MAX_SUBSCRIBE_OVER),
-     ("OPSP0011", Outcome.INVALID_APPROVAL), ("OPSP0001", Outcome.UNSUBSCRIBED), ("OPSP0003", Outcome.NOT_FOUND),
-     ("OPSP8996", Outcome.APPKEY_IN_USE), ("OPSP9999", Outcome.ERROR), ("OPSP8991", Outcome.ERROR)],
+    [
+        ("OPSP0002", Outcome.ALREADY_SUBSCRIBED),
+        ("OPSP0008", Outcome.MAX_SUBSCRIBE_OVER),
+        ("OPSP0011", Outcome.INVALID_APPROVAL),
+        ("OPSP0001", Outcome.UNSUBSCRIBED),
+        ("OPSP0003", Outcome.NOT_FOUND),
+        ("OPSP8996", Outcome.APPKEY_IN_USE),
+        ("OPSP9999", Outcome.ERROR),
+        ("OPSP8991", Outcome.ERROR),
+    ],
 )
 def test_outcome_is_keyed_on_msg_cd(msg_cd: str, outcome: Outcome) -> None:
     reply = classify(render_control_reply("H0STCNT0", "005930", msg_cd))
@@ -170,13 +177,17 @@ def test_outcome_is_keyed_on_msg_cd(msg_cd: str, outcome: Outcome) -> None:
 
 
 def test_live_captured_replies_classify() -> None:
-    in_use = '{"header":{"tr_id":"(null)","tr_key":"","encrypt":"N"},"body":{"rt_cd":"9","msg_cd":"OPSP8996",' \
-             '"msg1":"ALREADY IN USE appkey"}}'
+    in_use = (
+        '{"header":{"tr_id":"(null)","tr_key":"","encrypt":"N"},"body":{"rt_cd":"9","msg_cd":"OPSP8996",'
+        '"msg1":"ALREADY IN USE appkey"}}'
+    )
     reply = classify(in_use)
     assert isinstance(reply, ControlReply) and reply.outcome is Outcome.APPKEY_IN_USE and reply.iv is None
-    success = '{"header":{"tr_id":"H0STCNT0","tr_key":"005930","encrypt":"N"},"body":{"rt_cd":"0",' \
-              '"msg_cd":"OPSP0000","msg1":"SUBSCRIBE SUCCESS","output":{"iv":"55ce3d099479ce11",' \
-              '"key":"tvldhmfplvgcovaqrspclzhdotfzzequ"}}}'
+    success = (
+        '{"header":{"tr_id":"H0STCNT0","tr_key":"005930","encrypt":"N"},"body":{"rt_cd":"0",'
+        '"msg_cd":"OPSP0000","msg1":"SUBSCRIBE SUCCESS","output":{"iv":"55ce3d099479ce11",'
+        '"key":"tvldhmfplvgcovaqrspclzhdotfzzequ"}}}'
+    )
     reply = classify(success)
     assert isinstance(reply, ControlReply) and reply.key == KEY32
 
@@ -198,8 +209,10 @@ def test_pingpong_is_recognised_and_kept_verbatim_for_the_echo() -> None:
 
 def test_subscribe_request_has_the_documented_shape() -> None:
     req = orjson.loads(render_subscribe_request("APPROVAL", "H0STCNT0", "005930", subscribe=False))
-    assert req == {"header": {"approval_key": "APPROVAL", "custtype": "P", "tr_type": "2", "content-type": "utf-8"},
-                   "body": {"input": {"tr_id": "H0STCNT0", "tr_key": "005930"}}}
+    assert req == {
+        "header": {"approval_key": "APPROVAL", "custtype": "P", "tr_type": "2", "content-type": "utf-8"},
+        "body": {"input": {"tr_id": "H0STCNT0", "tr_key": "005930"}},
+    }
 
 
 # ---------------------------------------------------------------------------------------- encryption
@@ -207,8 +220,9 @@ def test_subscribe_request_has_the_documented_shape() -> None:
 
 def test_encrypted_frame_decrypts_with_the_subscription_key() -> None:
     plain = "^".join(RECORD_2023)
-    frame = classify(render_data_frame("H0STCNT0", [RECORD_2023], encrypted_payload=encrypt_payload(plain, KEY32,
-                                                                                                    IV16)))
+    frame = classify(
+        render_data_frame("H0STCNT0", [RECORD_2023], encrypted_payload=encrypt_payload(plain, KEY32, IV16))
+    )
     assert isinstance(frame, DataFrame) and frame.encrypted
     [tick] = frame_to_ticks(frame, received_at_us=0, app_key_id="", session_id="", frame_seq=0, cipher=(KEY32, IV16))
     assert tick["fields"] == RECORD_2023
@@ -245,8 +259,7 @@ def trade_records(draw: st.DrawFn) -> list[str]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(records=st.lists(trade_records(), min_size=1, max_size=6),
-       extra=st.lists(_field_text, max_size=2))
+@given(records=st.lists(trade_records(), min_size=1, max_size=6), extra=st.lists(_field_text, max_size=2))
 def test_rendered_frames_parse_back_identically(records: list[list[str]], extra: list[str]) -> None:
     records = [r + extra for r in records]
     ticks = parse_trade_message(render_data_frame("H0STCNT0", records), frame_seq=9)
@@ -255,8 +268,9 @@ def test_rendered_frames_parse_back_identically(records: list[list[str]], extra:
         assert tick["symbol"] == record[0]
         assert tick["price"] == int(record[2]) and tick["cumulative_volume"] == int(record[13])
         assert tick["change_rate"] == float(record[5])
-        day = dt.datetime.strptime(record[33] + record[1], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone(dt.timedelta(
-            hours=9)))
+        day = dt.datetime.strptime(record[33] + record[1], "%Y%m%d%H%M%S").replace(
+            tzinfo=dt.timezone(dt.timedelta(hours=9))
+        )
         assert tick["event_time_us"] == int(day.timestamp()) * 1_000_000
 
 

@@ -57,20 +57,64 @@ ACCEPTED = {APP_KEY: APP_SECRET}
 LABELS = {APP_KEY: "main"}
 OK_ENVELOPE = ("0", "MCA00000", "정상처리 되었습니다.")
 RANK_FIELDS = {
-    "hts_kor_isnm", "mksc_shrn_iscd", "data_rank", "stck_prpr", "prdy_vrss_sign", "prdy_vrss", "prdy_ctrt",
-    "acml_vol", "prdy_vol", "lstn_stcn", "avrg_vol", "n_befr_clpr_vrss_prpr_rate", "vol_inrt", "vol_tnrt",
-    "nday_vol_tnrt", "avrg_tr_pbmn", "tr_pbmn_tnrt", "nday_tr_pbmn_tnrt", "acml_tr_pbmn",
+    "hts_kor_isnm",
+    "mksc_shrn_iscd",
+    "data_rank",
+    "stck_prpr",
+    "prdy_vrss_sign",
+    "prdy_vrss",
+    "prdy_ctrt",
+    "acml_vol",
+    "prdy_vol",
+    "lstn_stcn",
+    "avrg_vol",
+    "n_befr_clpr_vrss_prpr_rate",
+    "vol_inrt",
+    "vol_tnrt",
+    "nday_vol_tnrt",
+    "avrg_tr_pbmn",
+    "tr_pbmn_tnrt",
+    "nday_tr_pbmn_tnrt",
+    "acml_tr_pbmn",
 }
 PRICE_KEY_FIELDS = {
-    "stck_prpr", "prdy_vrss", "prdy_vrss_sign", "prdy_ctrt", "acml_vol", "acml_tr_pbmn", "prdy_vrss_vol_rate",
-    "stck_oprc", "stck_hgpr", "stck_lwpr", "stck_mxpr", "stck_llam", "stck_sdpr", "wghn_avrg_stck_prc", "vol_tnrt",
-    "lstn_stcn", "hts_avls", "stck_shrn_iscd", "iscd_stat_cls_code", "temp_stop_yn", "vi_cls_code",
-    "mrkt_warn_cls_code", "short_over_yn", "rprs_mrkt_kor_name", "bstp_kor_isnm",
+    "stck_prpr",
+    "prdy_vrss",
+    "prdy_vrss_sign",
+    "prdy_ctrt",
+    "acml_vol",
+    "acml_tr_pbmn",
+    "prdy_vrss_vol_rate",
+    "stck_oprc",
+    "stck_hgpr",
+    "stck_lwpr",
+    "stck_mxpr",
+    "stck_llam",
+    "stck_sdpr",
+    "wghn_avrg_stck_prc",
+    "vol_tnrt",
+    "lstn_stcn",
+    "hts_avls",
+    "stck_shrn_iscd",
+    "iscd_stat_cls_code",
+    "temp_stop_yn",
+    "vi_cls_code",
+    "mrkt_warn_cls_code",
+    "short_over_yn",
+    "rprs_mrkt_kor_name",
+    "bstp_kor_isnm",
 }
 RANK_QUERY = {
-    "FID_COND_MRKT_DIV_CODE": "J", "FID_COND_SCR_DIV_CODE": "20171", "FID_INPUT_ISCD": "0000",
-    "FID_DIV_CLS_CODE": "0", "FID_BLNG_CLS_CODE": "0", "FID_TRGT_CLS_CODE": "111111111",
-    "FID_TRGT_EXLS_CLS_CODE": "0000000000", "FID_INPUT_PRICE_1": "", "FID_INPUT_PRICE_2": "", "FID_VOL_CNT": "",
+    "FID_COND_MRKT_DIV_CODE": "J",
+    "FID_COND_SCR_DIV_CODE": "20171",
+    "FID_INPUT_ISCD": "0000",
+    "FID_DIV_CLS_CODE": "0",
+    "FID_BLNG_CLS_CODE": "0",
+    "FID_TRGT_CLS_CODE": "111111111",
+    "FID_TRGT_EXLS_CLS_CODE": "0000000000",
+    "FID_INPUT_PRICE_1": "",
+    "FID_INPUT_PRICE_2": "",
+    "FID_VOL_CNT": "",
     "FID_INPUT_DATE_1": "",
 }
 
@@ -88,10 +132,12 @@ def market() -> Market:
 
 
 @contextlib.asynccontextmanager
-async def serve(market: Market, faults: RestFaults | None = None, *,
-                wall_clock: Callable[[], float] = time.time) -> AsyncIterator[tuple[str, web.Application]]:
-    app = create_rest_app(market, lambda: kst_us(10, 0), ACCEPTED, faults or RestFaults(), labels=LABELS,
-                          wall_clock=wall_clock)
+async def serve(
+    market: Market, faults: RestFaults | None = None, *, wall_clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[str, web.Application]]:
+    app = create_rest_app(
+        market, lambda: kst_us(10, 0), ACCEPTED, faults or RestFaults(), labels=LABELS, wall_clock=wall_clock
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -108,15 +154,17 @@ async def post(http: aiohttp.ClientSession, url: str, body: dict[str, str]) -> t
         return resp.status, orjson.loads(await resp.read())
 
 
-async def get(http: aiohttp.ClientSession, url: str, params: dict[str, str],
-              headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+async def get(
+    http: aiohttp.ClientSession, url: str, params: dict[str, str], headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
     async with http.get(url, params=params, headers=headers) as resp:
         return resp.status, orjson.loads(await resp.read())
 
 
 async def issue_token(http: aiohttp.ClientSession, base: str) -> str:
-    status, doc = await post(http, base + PATH_TOKEN, {"grant_type": "client_credentials", "appkey": APP_KEY,
-                                                      "appsecret": APP_SECRET})
+    status, doc = await post(
+        http, base + PATH_TOKEN, {"grant_type": "client_credentials", "appkey": APP_KEY, "appsecret": APP_SECRET}
+    )
     assert status == 200, doc
     token = doc["access_token"]
     assert isinstance(token, str)
@@ -124,8 +172,14 @@ async def issue_token(http: aiohttp.ClientSession, base: str) -> str:
 
 
 def quote_headers(token: str, tr: str, **override: str) -> dict[str, str]:
-    headers = {"content-type": "application/json; charset=utf-8", "authorization": f"Bearer {token}",
-               "appkey": APP_KEY, "appsecret": APP_SECRET, "tr_id": tr, "custtype": "P"}
+    headers = {
+        "content-type": "application/json; charset=utf-8",
+        "authorization": f"Bearer {token}",
+        "appkey": APP_KEY,
+        "appsecret": APP_SECRET,
+        "tr_id": tr,
+        "custtype": "P",
+    }
     headers.update(override)
     return {k: v for k, v in headers.items() if v != "<drop>"}
 
@@ -136,8 +190,11 @@ def quote_headers(token: str, tr: str, **override: str) -> dict[str, str]:
 def test_approval_and_token_shapes_and_same_token_within_6h(market: Market) -> None:
     async def main() -> None:
         async with serve(market) as (base, app), aiohttp.ClientSession() as http:
-            status, doc = await post(http, base + PATH_APPROVAL, {"grant_type": "client_credentials",
-                                                                  "appkey": APP_KEY, "secretkey": APP_SECRET})
+            status, doc = await post(
+                http,
+                base + PATH_APPROVAL,
+                {"grant_type": "client_credentials", "appkey": APP_KEY, "secretkey": APP_SECRET},
+            )
             assert status == 200 and set(doc) == {"approval_key"}
             key = doc["approval_key"]
             assert isinstance(key, str) and key
@@ -146,8 +203,11 @@ def test_approval_and_token_shapes_and_same_token_within_6h(market: Market) -> N
             assert app[APPROVAL_KEYS] is app["approval_keys"] is issued_approval_keys(app)
 
             before = time.time()
-            status, doc = await post(http, base + PATH_TOKEN, {"grant_type": "client_credentials",
-                                                               "appkey": APP_KEY, "appsecret": APP_SECRET})
+            status, doc = await post(
+                http,
+                base + PATH_TOKEN,
+                {"grant_type": "client_credentials", "appkey": APP_KEY, "appsecret": APP_SECRET},
+            )
             assert status == 200
             assert set(doc) == {"access_token", "token_type", "expires_in", "access_token_token_expired"}
             assert doc["token_type"] == "Bearer" and doc["expires_in"] == 86400
@@ -156,8 +216,11 @@ def test_approval_and_token_shapes_and_same_token_within_6h(market: Market) -> N
             expected = dt.datetime.fromtimestamp(before + 86400, KST).replace(tzinfo=None)
             assert abs((expires - expected).total_seconds()) <= 2, "KST wall clock + 24 h"
 
-            status, again = await post(http, base + PATH_TOKEN, {"grant_type": "client_credentials",
-                                                                 "appkey": APP_KEY, "appsecret": APP_SECRET})
+            status, again = await post(
+                http,
+                base + PATH_TOKEN,
+                {"grant_type": "client_credentials", "appkey": APP_KEY, "appsecret": APP_SECRET},
+            )
             assert status == 200 and again["access_token"] == doc["access_token"]
             assert again["access_token_token_expired"] == doc["access_token_token_expired"]
             stats = app[REST_STATS]
@@ -171,16 +234,25 @@ def test_oauth_rejects_bad_key_and_bad_secret(market: Market) -> None:
     async def main() -> None:
         async with serve(market) as (base, _app), aiohttp.ClientSession() as http:
             for path, secret_field in ((PATH_APPROVAL, "secretkey"), (PATH_TOKEN, "appsecret")):
-                status, doc = await post(http, base + path, {"grant_type": "client_credentials",
-                                                             "appkey": "PS" + "x" * 34, secret_field: APP_SECRET})
-                assert (status, doc) == (403, {"error_description": "유효하지 않은 AppKey입니다.",
-                                               "error_code": "EGW00103"})
-                status, doc = await post(http, base + path, {"grant_type": "client_credentials",
-                                                             "appkey": APP_KEY, secret_field: "y" * 180})
+                status, doc = await post(
+                    http,
+                    base + path,
+                    {"grant_type": "client_credentials", "appkey": "PS" + "x" * 34, secret_field: APP_SECRET},
+                )
+                assert (status, doc) == (
+                    403,
+                    {"error_description": "유효하지 않은 AppKey입니다.", "error_code": "EGW00103"},
+                )
+                status, doc = await post(
+                    http, base + path, {"grant_type": "client_credentials", "appkey": APP_KEY, secret_field: "y" * 180}
+                )
                 assert (status, doc["error_code"]) == (403, "EGW00105")
             # The secret goes in "secretkey" for Approval, "appsecret" for tokenP: the other name is refused.
-            status, doc = await post(http, base + PATH_APPROVAL, {"grant_type": "client_credentials",
-                                                                  "appkey": APP_KEY, "appsecret": APP_SECRET})
+            status, doc = await post(
+                http,
+                base + PATH_APPROVAL,
+                {"grant_type": "client_credentials", "appkey": APP_KEY, "appsecret": APP_SECRET},
+            )
             assert (status, doc["error_code"]) == (403, "EGW00105")
 
     asyncio.run(main())
@@ -192,15 +264,21 @@ def test_token_reissue_throttle_and_6h_reuse(market: Market) -> None:
     async def main() -> None:
         async with serve(market, wall_clock=lambda: now[0]) as (base, app), aiohttp.ClientSession() as http:
             first = await issue_token(http, base)
-            status, doc = await post(http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET,
-                                                                "token": first})
+            status, doc = await post(
+                http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET, "token": first}
+            )
             assert (status, doc) == (200, {"code": 200, "message": "접근토큰 폐기에 성공하였습니다"})
             # A forced re-issue (the current token is gone) within 60 s of the last new one is refused.
             now[0] += 30
-            status, doc = await post(http, base + PATH_TOKEN, {"grant_type": "client_credentials",
-                                                               "appkey": APP_KEY, "appsecret": APP_SECRET})
-            assert (status, doc) == (403, {"error_description": "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)",
-                                           "error_code": "EGW00133"})
+            status, doc = await post(
+                http,
+                base + PATH_TOKEN,
+                {"grant_type": "client_credentials", "appkey": APP_KEY, "appsecret": APP_SECRET},
+            )
+            assert (status, doc) == (
+                403,
+                {"error_description": "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)", "error_code": "EGW00133"},
+            )
             now[0] += 31
             second = await issue_token(http, base)
             assert second != first
@@ -216,8 +294,9 @@ def test_token_reissue_throttle_and_6h_reuse(market: Market) -> None:
     async def unthrottled() -> None:
         async with serve(market, RestFaults(token_throttle=False)) as (base, _app), aiohttp.ClientSession() as http:
             first = await issue_token(http, base)
-            status, _ = await post(http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET,
-                                                              "token": first})
+            status, _ = await post(
+                http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET, "token": first}
+            )
             assert status == 200
             assert await issue_token(http, base) != first
 
@@ -266,13 +345,18 @@ def test_inquire_price_envelope_and_fields(market: Market) -> None:
             assert set(output) >= PRICE_KEY_FIELDS and all(isinstance(v, str) for v in output.values())
             assert output == market.inquire_price("005930") and output["stck_shrn_iscd"] == "005930"
             assert int(output["acml_vol"]) > 0, "the market has traded by 10:00"
-            for params, bad in (({"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "999999"}, "FID_INPUT_ISCD"),
-                                ({"FID_COND_MRKT_DIV_CODE": "Z", "FID_INPUT_ISCD": "005930"},
-                                 "FID_COND_MRKT_DIV_CODE"),
-                                ({"FID_COND_MRKT_DIV_CODE": "J"}, "FID_INPUT_ISCD")):
+            for params, bad in (
+                ({"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "999999"}, "FID_INPUT_ISCD"),
+                ({"FID_COND_MRKT_DIV_CODE": "Z", "FID_INPUT_ISCD": "005930"}, "FID_COND_MRKT_DIV_CODE"),
+                ({"FID_COND_MRKT_DIV_CODE": "J"}, "FID_INPUT_ISCD"),
+            ):
                 status, doc = await get(http, url, params, headers)
-                assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (200, "2", "OPSQ2001",
-                                                                              f"ERROR INVALID {bad}")
+                assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (
+                    200,
+                    "2",
+                    "OPSQ2001",
+                    f"ERROR INVALID {bad}",
+                )
             assert app[REST_STATS].codes["inquire_price"]["MCA00000"] == 1
 
     asyncio.run(main())
@@ -302,8 +386,11 @@ def test_volume_rank_envelope_fields_order_and_required_params(market: Market) -
                 query = {k: v for k, v in RANK_QUERY.items() if k != param}
                 status, doc = await get(http, url, query, headers)
                 assert (status, doc["msg_cd"], doc["msg1"]) == (200, "OPSQ2001", f"ERROR INVALID {param}")
-            for param, value in (("FID_COND_SCR_DIV_CODE", "20170"), ("FID_BLNG_CLS_CODE", "9"),
-                                 ("FID_COND_MRKT_DIV_CODE", "Q")):
+            for param, value in (
+                ("FID_COND_SCR_DIV_CODE", "20170"),
+                ("FID_BLNG_CLS_CODE", "9"),
+                ("FID_COND_MRKT_DIV_CODE", "Q"),
+            ):
                 status, doc = await get(http, url, {**RANK_QUERY, param: value}, headers)
                 assert doc["msg_cd"] == "OPSQ2001" and param in doc["msg1"]
 
@@ -318,13 +405,14 @@ def test_rate_limit_per_appkey_sliding_window(market: Market) -> None:
             token = await issue_token(http, base)
             headers = quote_headers(token, "FHKST01010100")
             params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": "005930"}
-            replies = await asyncio.gather(*(get(http, base + PATH_INQUIRE_PRICE, params, headers)
-                                             for _ in range(7)))
+            replies = await asyncio.gather(*(get(http, base + PATH_INQUIRE_PRICE, params, headers) for _ in range(7)))
             ok = [doc for status, doc in replies if status == 200 and doc["rt_cd"] == "0"]
             limited = [(status, doc) for status, doc in replies if doc.get("msg_cd") == "EGW00201"]
             assert len(ok) == 3 and len(limited) == 4
-            assert all(r == (500, {"rt_cd": "1", "msg_cd": "EGW00201", "msg1": "초당 거래건수를 초과하였습니다."})
-                       for r in limited)
+            assert all(
+                r == (500, {"rt_cd": "1", "msg_cd": "EGW00201", "msg1": "초당 거래건수를 초과하였습니다."})
+                for r in limited
+            )
             stats = app[REST_STATS]
             assert stats.rate_limited == 4 and stats.max_per_window["main"] == 7 and stats.by_key["main"] == 7
 
@@ -334,8 +422,7 @@ def test_rate_limit_per_appkey_sliding_window(market: Market) -> None:
 # ====================================================================== (b) our client
 
 
-def client(base: str, tmp_path: Path, creds: KisCredentials = CREDS, rps: float = 20.0,
-           **kwargs: Any) -> KisRestClient:
+def client(base: str, tmp_path: Path, creds: KisCredentials = CREDS, rps: float = 20.0, **kwargs: Any) -> KisRestClient:
     kwargs.setdefault("backoff_base_s", 0.01)
     kwargs.setdefault("backoff_max_s", 0.05)
     return KisRestClient(base, creds, tmp_path / "kis" / "tokens.json", rps, **kwargs)
@@ -433,8 +520,9 @@ def test_client_throttled_reissue_keeps_valid_token_or_waits(market: Market, tmp
             async with client(base, tmp_path) as kis:
                 token = await kis.access_token()
             # Revoke it behind the client's back, so the next new token would be a re-issue within 60 s.
-            status, _ = await post(http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET,
-                                                              "token": token})
+            status, _ = await post(
+                http, base + PATH_REVOKE, {"appkey": APP_KEY, "appsecret": APP_SECRET, "token": token}
+            )
             assert status == 200
             # 23.5 h later by the client's clock the cached token is inside its last hour: the client asks for
             # a new one, is throttled (EGW00133) and keeps the cached one, which has not expired yet.
@@ -450,8 +538,9 @@ def test_client_throttled_reissue_keeps_valid_token_or_waits(market: Market, tmp
     asyncio.run(main())
 
 
-def test_client_invalid_secret_raises_without_leaking(market: Market, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_client_invalid_secret_raises_without_leaking(
+    market: Market, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong_secret = "S3cr3t" + "q" * 174
     bad = KisCredentials(app_key_id="main", app_key=SecretStr(APP_KEY), app_secret=SecretStr(wrong_secret))
     caplog.set_level(logging.DEBUG)
@@ -468,7 +557,10 @@ def test_client_invalid_secret_raises_without_leaking(market: Market, tmp_path: 
 
     errors = asyncio.run(main())
     assert [(e.endpoint, e.http_status, e.msg_cd) for e in errors] == [
-        ("approval", 403, "EGW00105"), ("token", 403, "EGW00105"), ("token", 403, "EGW00105")]
+        ("approval", 403, "EGW00105"),
+        ("token", 403, "EGW00105"),
+        ("token", 403, "EGW00105"),
+    ]
     for exc in errors:
         for secret in (wrong_secret, APP_KEY, APP_SECRET):
             assert secret not in str(exc) and secret not in repr(exc)
@@ -484,8 +576,9 @@ def test_client_redacts_secrets_echoed_by_a_server(tmp_path: Path) -> None:
 
     async def echo(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
-        return web.json_response({"error_code": "EGW00105", "error_description": f"bad {body['secretkey']}"},
-                                 status=403)
+        return web.json_response(
+            {"error_code": "EGW00105", "error_description": f"bad {body['secretkey']}"}, status=403
+        )
 
     async def main() -> KisApiError:
         app = web.Application()
@@ -535,8 +628,10 @@ def test_credentials_from_env_and_missing_variable_named() -> None:
     assert APP_KEY not in str(info.value)
     with pytest.raises(CredentialsError, match="OBSERVER_KIS_APP_KEY is not set"):
         load_credentials({}, None)
-    labelled = load_credentials({"OBSERVER_KIS_APP_KEY": APP_KEY, "OBSERVER_KIS_APP_SECRET": APP_SECRET,
-                                 "OBSERVER_KIS_APP_KEY_ID": "alt1"}, None)
+    labelled = load_credentials(
+        {"OBSERVER_KIS_APP_KEY": APP_KEY, "OBSERVER_KIS_APP_SECRET": APP_SECRET, "OBSERVER_KIS_APP_KEY_ID": "alt1"},
+        None,
+    )
     assert labelled.app_key_id == "alt1"
 
 
@@ -546,16 +641,22 @@ def test_credentials_from_files_and_their_safety_checks(tmp_path: Path) -> None:
     os.chmod(toml, 0o600)
     creds = load_credentials({}, toml)
     assert (creds.app_key_id, creds.app_key.get_secret_value(), creds.app_secret.get_secret_value()) == (
-        "acct2", APP_KEY, APP_SECRET)
+        "acct2",
+        APP_KEY,
+        APP_SECRET,
+    )
 
     env_file = tmp_path / "kis.env"
     env_file.write_text(f"# KIS\nexport OBSERVER_KIS_APP_KEY={APP_KEY}\nOBSERVER_KIS_APP_SECRET='{APP_SECRET}'\n")
     os.chmod(env_file, 0o600)
-    assert load_credentials({"OBSERVER_KIS_SECRETS_FILE": str(env_file)}, None).app_secret.get_secret_value() \
-        == APP_SECRET
+    assert (
+        load_credentials({"OBSERVER_KIS_SECRETS_FILE": str(env_file)}, None).app_secret.get_secret_value() == APP_SECRET
+    )
     # The environment wins over the file, variable by variable.
-    assert load_credentials({"OBSERVER_KIS_APP_KEY": "PS" + "k" * 34}, env_file).app_key.get_secret_value() \
+    assert (
+        load_credentials({"OBSERVER_KIS_APP_KEY": "PS" + "k" * 34}, env_file).app_key.get_secret_value()
         == "PS" + "k" * 34
+    )
 
     os.chmod(env_file, 0o644)
     with pytest.raises(CredentialsError, match="chmod 600") as info:
@@ -592,9 +693,15 @@ def test_simulator_credentials_are_deterministic_and_accepted(market: Market) ->
 
     async def main() -> None:
         async with serve(market) as (base, _app), aiohttp.ClientSession() as http:
-            status, _ = await post(http, base + PATH_APPROVAL, {
-                "grant_type": "client_credentials", "appkey": a.app_key.get_secret_value(),
-                "secretkey": a.app_secret.get_secret_value()})
+            status, _ = await post(
+                http,
+                base + PATH_APPROVAL,
+                {
+                    "grant_type": "client_credentials",
+                    "appkey": a.app_key.get_secret_value(),
+                    "secretkey": a.app_secret.get_secret_value(),
+                },
+            )
             assert status == 200
 
     asyncio.run(main())

@@ -67,10 +67,25 @@ def market_at_0902() -> Market:
 # ------------------------------------------------------------------------------------------ ticks
 
 
-@pytest.mark.parametrize(("price", "tick"), [
-    (1, 1), (1_999, 1), (2_000, 5), (4_995, 5), (5_000, 10), (19_990, 10), (20_000, 50), (49_950, 50),
-    (50_000, 100), (199_900, 100), (200_000, 500), (499_500, 500), (500_000, 1_000), (2_000_000, 1_000),
-])
+@pytest.mark.parametrize(
+    ("price", "tick"),
+    [
+        (1, 1),
+        (1_999, 1),
+        (2_000, 5),
+        (4_995, 5),
+        (5_000, 10),
+        (19_990, 10),
+        (20_000, 50),
+        (49_950, 50),
+        (50_000, 100),
+        (199_900, 100),
+        (200_000, 500),
+        (499_500, 500),
+        (500_000, 1_000),
+        (2_000_000, 1_000),
+    ],
+)
 def test_tick_size_table(price: int, tick: int) -> None:
     assert tick_size(price) == tick
 
@@ -108,8 +123,14 @@ def test_codes_valid_unique_and_include_bootstrap(n: int) -> None:
 
 def test_universe_is_realistic() -> None:
     market = Market(1, DAY)
-    expected = {"005930": 70_000, "000660": 180_000, "373220": 400_000, "051910": 350_000, "068270": 180_000,
-                "035720": 45_000}
+    expected = {
+        "005930": 70_000,
+        "000660": 180_000,
+        "373220": 400_000,
+        "051910": 350_000,
+        "068270": 180_000,
+        "035720": 45_000,
+    }
     for code, price in expected.items():
         spec = market.by_code[code]
         assert spec.prev_close == price and spec.market == "KOSPI" and spec.listed_shares > 10_000_000
@@ -173,16 +194,22 @@ def check_record(market: Market, trade: Trade) -> None:
     assert seln_v + shnu_v == acml
     if seln_v:
         assert abs(float(r[F["CTTR"]]) - shnu_v * 100 / seln_v) <= 0.0051
-    for hour, sign, diff, ref in (("OPRC_HOUR", "OPRC_VRSS_PRPR_SIGN", "OPRC_VRSS_PRPR", open_),
-                                  ("HGPR_HOUR", "HGPR_VRSS_PRPR_SIGN", "HGPR_VRSS_PRPR", high),
-                                  ("LWPR_HOUR", "LWPR_VRSS_PRPR_SIGN", "LWPR_VRSS_PRPR", low)):
+    for hour, sign, diff, ref in (
+        ("OPRC_HOUR", "OPRC_VRSS_PRPR_SIGN", "OPRC_VRSS_PRPR", open_),
+        ("HGPR_HOUR", "HGPR_VRSS_PRPR_SIGN", "HGPR_VRSS_PRPR", high),
+        ("LWPR_HOUR", "LWPR_VRSS_PRPR_SIGN", "LWPR_VRSS_PRPR", low),
+    ):
         d = price - ref
         assert int(r[F[diff]]) == d
         assert r[F[sign]] == ("2" if d > 0 else "5" if d < 0 else "3")
         assert "090000" <= r[F[hour]] <= r[F["STCK_CNTG_HOUR"]]
     assert r[F["BSOP_DATE"]] == DAY.strftime("%Y%m%d")
     assert (r[F["NEW_MKOP_CLS_CODE"]], r[F["TRHT_YN"]], r[F["HOUR_CLS_CODE"]], r[F["MRKT_TRTM_CLS_CODE"]]) == (
-        "20", "N", "0", "")
+        "20",
+        "N",
+        "0",
+        "",
+    )
     assert r[F["VI_STND_PRC"]] == r[F["STCK_OPRC"]]
     assert abs(float(r[F["VOL_TNRT"]]) - acml * 100 / spec.listed_shares) <= 0.0051
     smns = int(r[F["PRDY_SMNS_HOUR_ACML_VOL"]])
@@ -192,8 +219,16 @@ def check_record(market: Market, trade: Trade) -> None:
     assert int(r[F["TOTAL_ASKP_RSQN"]]) >= int(r[F["ASKP_RSQN1"]])
     assert int(r[F["TOTAL_BIDP_RSQN"]]) >= int(r[F["BIDP_RSQN1"]])
 
-    tick = record_to_tick(r, tr_id="H0STCNT0", received_at_us=0, app_key_id="k", session_id="s", frame_seq=0,
-                          record_index=0, record_count=1)
+    tick = record_to_tick(
+        r,
+        tr_id="H0STCNT0",
+        received_at_us=0,
+        app_key_id="k",
+        session_id="s",
+        frame_seq=0,
+        record_index=0,
+        record_count=1,
+    )
     assert tick["symbol"] == trade.symbol == r[0]
     assert tick["event_time_us"] == trade.event_time_us
     assert tick["price"] == price and tick["cumulative_volume"] == acml and tick["trade_volume"] == vol
@@ -232,10 +267,15 @@ def test_core_fields_match_the_market_state_second_by_second() -> None:
             assert t.record[F["ACML_VOL"]] == quote["acml_vol"] == str(market.cumulative_volume(code))
             assert t.record[F["STCK_PRPR"]] == quote["stck_prpr"]
             assert t.record[F["ACML_TR_PBMN"]] == quote["acml_tr_pbmn"]
-            for rec_field, out_field in (("STCK_OPRC", "stck_oprc"), ("STCK_HGPR", "stck_hgpr"),
-                                         ("STCK_LWPR", "stck_lwpr"), ("PRDY_VRSS", "prdy_vrss"),
-                                         ("PRDY_VRSS_SIGN", "prdy_vrss_sign"), ("PRDY_CTRT", "prdy_ctrt"),
-                                         ("WGHN_AVRG_STCK_PRC", "wghn_avrg_stck_prc")):
+            for rec_field, out_field in (
+                ("STCK_OPRC", "stck_oprc"),
+                ("STCK_HGPR", "stck_hgpr"),
+                ("STCK_LWPR", "stck_lwpr"),
+                ("PRDY_VRSS", "prdy_vrss"),
+                ("PRDY_VRSS_SIGN", "prdy_vrss_sign"),
+                ("PRDY_CTRT", "prdy_ctrt"),
+                ("WGHN_AVRG_STCK_PRC", "wghn_avrg_stck_prc"),
+            ):
                 assert t.record[F[rec_field]] == quote[out_field], rec_field
         seen |= set(last)
     assert len(seen) > 20
@@ -331,8 +371,9 @@ def test_start_at_is_deterministic_and_synthesises_the_morning() -> None:
     after_close = Market(4, DAY, n_symbols=200)
     after_close.start_at(us(16))
     assert after_close.advance_to(us(18)) == []
-    day_vs_prev = {s.code: float(after_close.inquire_price(s.code)["prdy_vrss_vol_rate"]) / 100
-                   for s in after_close.symbols}
+    day_vs_prev = {
+        s.code: float(after_close.inquire_price(s.code)["prdy_vrss_vol_rate"]) / 100 for s in after_close.symbols
+    }
     assert 0.6 < float(np.median(list(day_vs_prev.values()))) < 1.6  # a normal day trades about yesterday's volume
     for code in BOOTSTRAP_CODES:
         assert 0.3 < day_vs_prev[code] < 3.0, code
@@ -383,8 +424,9 @@ def minute_volume(trades: list[Trade], code: str, lo: int, hi: int) -> int:
 
 def pick_mid_symbol(market: Market, rate: float = 10.0) -> str:
     """A non-bootstrap symbol with about ``rate`` trades a minute."""
-    return min((s for s in market.symbols if s.code not in BOOTSTRAP_CODES),
-               key=lambda s: abs(s.base_rate_per_min - rate)).code
+    return min(
+        (s for s in market.symbols if s.code not in BOOTSTRAP_CODES), key=lambda s: abs(s.base_rate_per_min - rate)
+    ).code
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -430,13 +472,50 @@ def test_rate_scale_multiplies_trades() -> None:
 
 # ------------------------------------------------------------------------------------------ REST views
 
-INQUIRE_FIELDS = ("stck_prpr", "prdy_vrss", "prdy_vrss_sign", "prdy_ctrt", "acml_vol", "acml_tr_pbmn", "stck_oprc",
-                  "stck_hgpr", "stck_lwpr", "stck_mxpr", "stck_llam", "stck_sdpr", "wghn_avrg_stck_prc", "vol_tnrt",
-                  "lstn_stcn", "stck_shrn_iscd", "iscd_stat_cls_code", "temp_stop_yn", "prdy_vrss_vol_rate",
-                  "rprs_mrkt_kor_name", "bstp_kor_isnm")
-RANK_FIELDS = ("hts_kor_isnm", "mksc_shrn_iscd", "data_rank", "stck_prpr", "prdy_vrss_sign", "prdy_vrss",
-               "prdy_ctrt", "acml_vol", "prdy_vol", "lstn_stcn", "avrg_vol", "n_befr_clpr_vrss_prpr_rate", "vol_inrt",
-               "vol_tnrt", "nday_vol_tnrt", "avrg_tr_pbmn", "tr_pbmn_tnrt", "nday_tr_pbmn_tnrt", "acml_tr_pbmn")
+INQUIRE_FIELDS = (
+    "stck_prpr",
+    "prdy_vrss",
+    "prdy_vrss_sign",
+    "prdy_ctrt",
+    "acml_vol",
+    "acml_tr_pbmn",
+    "stck_oprc",
+    "stck_hgpr",
+    "stck_lwpr",
+    "stck_mxpr",
+    "stck_llam",
+    "stck_sdpr",
+    "wghn_avrg_stck_prc",
+    "vol_tnrt",
+    "lstn_stcn",
+    "stck_shrn_iscd",
+    "iscd_stat_cls_code",
+    "temp_stop_yn",
+    "prdy_vrss_vol_rate",
+    "rprs_mrkt_kor_name",
+    "bstp_kor_isnm",
+)
+RANK_FIELDS = (
+    "hts_kor_isnm",
+    "mksc_shrn_iscd",
+    "data_rank",
+    "stck_prpr",
+    "prdy_vrss_sign",
+    "prdy_vrss",
+    "prdy_ctrt",
+    "acml_vol",
+    "prdy_vol",
+    "lstn_stcn",
+    "avrg_vol",
+    "n_befr_clpr_vrss_prpr_rate",
+    "vol_inrt",
+    "vol_tnrt",
+    "nday_vol_tnrt",
+    "avrg_tr_pbmn",
+    "tr_pbmn_tnrt",
+    "nday_tr_pbmn_tnrt",
+    "acml_tr_pbmn",
+)
 
 
 def test_inquire_price_matches_state() -> None:
@@ -460,8 +539,10 @@ def test_inquire_price_matches_state() -> None:
         market.cumulative_volume("999999")
 
 
-@pytest.mark.parametrize(("blng", "key"), [("0", "acml_vol"), ("1", "vol_inrt"), ("2", "vol_tnrt"),
-                                           ("3", "acml_tr_pbmn"), ("4", "tr_pbmn_tnrt")])
+@pytest.mark.parametrize(
+    ("blng", "key"),
+    [("0", "acml_vol"), ("1", "vol_inrt"), ("2", "vol_tnrt"), ("3", "acml_tr_pbmn"), ("4", "tr_pbmn_tnrt")],
+)
 def test_volume_rank_sorted_and_consistent(blng: str, key: str) -> None:
     market = market_at_0902()
     rows = market.volume_rank(limit=50, blng_cls_code=blng)

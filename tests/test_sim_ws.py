@@ -43,8 +43,11 @@ async def running_sim(**overrides: Any) -> AsyncIterator[KisSimulator]:
 
 async def approval_key(sim: KisSimulator, label: str = "main") -> str:
     creds = simulator_credentials(label)
-    body = {"grant_type": "client_credentials", "appkey": creds.app_key.get_secret_value(),
-            "secretkey": creds.app_secret.get_secret_value()}
+    body = {
+        "grant_type": "client_credentials",
+        "appkey": creds.app_key.get_secret_value(),
+        "secretkey": creds.app_secret.get_secret_value(),
+    }
     async with aiohttp.ClientSession() as http, http.post(f"{sim.rest_url}/oauth2/Approval", json=body) as resp:
         assert resp.status == 200
         doc = await resp.json()
@@ -76,7 +79,7 @@ def split_frame(msg: str) -> list[list[str]]:
     n = int(count)
     assert len(fields) % n == 0
     width = len(fields) // n
-    return [fields[i * width:(i + 1) * width] for i in range(n)]
+    return [fields[i * width : (i + 1) * width] for i in range(n)]
 
 
 async def ledger(sim: KisSimulator) -> dict[str, Any]:
@@ -97,13 +100,19 @@ def test_subscribe_replies_have_the_exact_kis_shape() -> None:
                 ok = await next_control(ws)
                 assert ok["header"] == {"tr_id": "H0STCNT0", "tr_key": LIQUID, "encrypt": "N"}
                 assert {k: ok["body"][k] for k in ("rt_cd", "msg_cd", "msg1")} == {
-                    "rt_cd": "0", "msg_cd": "OPSP0000", "msg1": "SUBSCRIBE SUCCESS"}
+                    "rt_cd": "0",
+                    "msg_cd": "OPSP0000",
+                    "msg1": "SUBSCRIBE SUCCESS",
+                }
                 assert len(ok["body"]["output"]["iv"]) == 16 and len(ok["body"]["output"]["key"]) == 32
 
                 await ws.send(request(key, LIQUID))
                 dup = await next_control(ws)
                 assert (dup["body"]["rt_cd"], dup["body"]["msg_cd"], dup["body"]["msg1"]) == (
-                    "1", "OPSP0002", "ALREADY IN SUBSCRIBE")
+                    "1",
+                    "OPSP0002",
+                    "ALREADY IN SUBSCRIBE",
+                )
 
                 await ws.send(request(key, LIQUID, tr_type="2"))
                 off = await next_control(ws)
@@ -127,8 +136,11 @@ def test_the_42nd_registration_is_refused_and_the_session_goes_on() -> None:
                     await ws.send(request(key, code))
                     replies.append(await next_control(ws))
                 assert [r["body"]["msg_cd"] for r in replies[:41]] == ["OPSP0000"] * 41
-                assert (replies[41]["body"]["rt_cd"], replies[41]["body"]["msg_cd"],
-                        replies[41]["body"]["msg1"]) == ("1", "OPSP0008", "MAX SUBSCRIBE OVER")
+                assert (replies[41]["body"]["rt_cd"], replies[41]["body"]["msg_cd"], replies[41]["body"]["msg1"]) == (
+                    "1",
+                    "OPSP0008",
+                    "MAX SUBSCRIBE OVER",
+                )
                 # Still serving: release one, then the 42nd fits.
                 await ws.send(request(key, codes[0], tr_type="2"))
                 assert (await next_control(ws))["body"]["msg_cd"] == "OPSP0001"
@@ -182,8 +194,10 @@ def test_a_second_session_on_the_same_app_key_is_refused_and_closed() -> None:
                 async with connect(sim.ws_url, ping_interval=None) as second:
                     await second.send(request(key, "000660"))
                     refusal = json.loads(await asyncio.wait_for(second.recv(), 5))
-                    assert refusal == {"header": {"tr_id": "(null)", "tr_key": "", "encrypt": "N"},
-                                       "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"}}
+                    assert refusal == {
+                        "header": {"tr_id": "(null)", "tr_key": "", "encrypt": "N"},
+                        "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"},
+                    }
                     with pytest.raises(ConnectionClosed):
                         await asyncio.wait_for(second.recv(), 5)
                 # The first session is untouched.
@@ -367,4 +381,3 @@ def test_drop_fault_cuts_the_connection_and_a_new_session_starts_clean() -> None
             assert doc["totals"]["missed_while_unregistered"] > 0, "trades made between sessions are on the ledger"
 
     asyncio.run(scenario())
-

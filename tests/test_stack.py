@@ -29,8 +29,14 @@ OBSERVER = [sys.executable, "-m", "app.cli"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*OBSERVER, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [*OBSERVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -53,8 +59,12 @@ async def produce(settings: Settings, topic: str, values: list[dict[str, Any]]) 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        futures = [await producer.send(topic, codec.encode("RawTick", v), key=v["symbol"].encode(),
-                                       timestamp_ms=v["event_time_us"] // 1000) for v in values]
+        futures = [
+            await producer.send(
+                topic, codec.encode("RawTick", v), key=v["symbol"].encode(), timestamp_ms=v["event_time_us"] // 1000
+            )
+            for v in values
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -63,8 +73,13 @@ async def produce(settings: Settings, topic: str, values: list[dict[str, Any]]) 
 async def consume_all(settings: Settings, topic: str, expected: int, group: str) -> list[dict[str, Any]]:
     """Read until ``expected`` records arrived or 30 s passed (a deadline, not a sleep)."""
     codec = default_codec()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=group,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
@@ -114,12 +129,18 @@ def test_bad_config_is_one_line_naming_the_variable() -> None:
 
 
 def test_missing_java_is_a_one_line_cause_and_fix(tmp_path: Path) -> None:
-    env = {"PATH": str(tmp_path), "OBSERVER_HOME": str(tmp_path / "home"),
-           "OBSERVER_KAFKA_PORT": str(free_port()), "OBSERVER_KAFKA_CONTROLLER_PORT": str(free_port())}
+    env = {
+        "PATH": str(tmp_path),
+        "OBSERVER_HOME": str(tmp_path / "home"),
+        "OBSERVER_KAFKA_PORT": str(free_port()),
+        "OBSERVER_KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
     res = run_cli("stack", "up", env=env)
     assert res.returncode == 1
-    assert res.stderr.strip() == "error: java not found on PATH; install a JDK 17+ " \
-                                 "(apt-get install openjdk-17-jre-headless)"
+    assert (
+        res.stderr.strip() == "error: java not found on PATH; install a JDK 17+ "
+        "(apt-get install openjdk-17-jre-headless)"
+    )
 
 
 def test_missing_maven_is_a_one_line_cause_and_fix(tmp_path: Path) -> None:
@@ -127,12 +148,18 @@ def test_missing_maven_is_a_one_line_cause_and_fix(tmp_path: Path) -> None:
     bin_dir.mkdir()
     java = subprocess.run(["sh", "-c", "command -v java"], capture_output=True, text=True, check=True).stdout.strip()
     (bin_dir / "java").symlink_to(os.path.realpath(java))
-    env = {"PATH": str(bin_dir), "OBSERVER_HOME": str(tmp_path / "home"),
-           "OBSERVER_KAFKA_PORT": str(free_port()), "OBSERVER_KAFKA_CONTROLLER_PORT": str(free_port())}
+    env = {
+        "PATH": str(bin_dir),
+        "OBSERVER_HOME": str(tmp_path / "home"),
+        "OBSERVER_KAFKA_PORT": str(free_port()),
+        "OBSERVER_KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
     res = run_cli("stack", "up", env=env)
     assert res.returncode == 1
-    assert res.stderr.strip() == "error: mvn not found on PATH; install Maven (apt-get install maven) " \
-                                 "to fetch the Kafka jars"
+    assert (
+        res.stderr.strip() == "error: mvn not found on PATH; install Maven (apt-get install maven) "
+        "to fetch the Kafka jars"
+    )
 
 
 def test_port_in_use_names_the_port_and_the_fix(stack: Settings, tmp_path: Path) -> None:
@@ -219,15 +246,18 @@ def test_postgres_copy_and_read_back_in_own_schema(stack: Settings, pg_schema: s
     rows = [(t["symbol"], t["business_date"], t["cumulative_volume"], t["price"]) for t in ticks(1000)]
     with psycopg.connect(stack.postgres_dsn) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
-        conn.execute("CREATE TABLE trade (symbol text, business_date text, cumulative_volume bigint, price bigint,"
-                     " PRIMARY KEY (symbol, business_date, cumulative_volume))")
+        conn.execute(
+            "CREATE TABLE trade (symbol text, business_date text, cumulative_volume bigint, price bigint,"
+            " PRIMARY KEY (symbol, business_date, cumulative_volume))"
+        )
         with conn.cursor() as cur, cur.copy("COPY trade FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         conn.commit()
         count = conn.execute("SELECT count(*), sum(cumulative_volume) FROM trade").fetchone()
-        public = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
-                              " AND table_name = 'trade'").fetchone()
+        public = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'trade'"
+        ).fetchone()
     assert count == (1000, sum(r[2] for r in rows))
     assert public == (0,), "the test's table must live in its own schema"
 
@@ -265,14 +295,17 @@ def test_catalogue_rejects_a_value_without_schema(tmp_path: Path) -> None:
     from app.topics import TopicsError
 
     bad = tmp_path / "topics.toml"
-    bad.write_text('[defaults]\nreplication_factor=1\ncleanup_policy="delete"\nretention_ms=1\n'
-                   'min_insync_replicas=1\n[topics."x"]\nkey="k"\nvalue="NoSuchRecord"\npartitions=1\n')
+    bad.write_text(
+        '[defaults]\nreplication_factor=1\ncleanup_policy="delete"\nretention_ms=1\n'
+        'min_insync_replicas=1\n[topics."x"]\nkey="k"\nvalue="NoSuchRecord"\npartitions=1\n'
+    )
     with pytest.raises(TopicsError, match=r"NoSuchRecord\.avsc not in"):
         load_topics(bad)
 
 
-def test_missing_postgres_without_apt_is_a_one_line_cause_and_fix(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_postgres_without_apt_is_a_one_line_cause_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from app.config import load_settings
     from app.stack.postgres import LocalPostgres
 
@@ -280,8 +313,10 @@ def test_missing_postgres_without_apt_is_a_one_line_cause_and_fix(tmp_path: Path
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get to install the server with
     with pytest.raises(StackError) as err:
         LocalPostgres(settings).install(progress=False)
-    assert str(err.value) == (f"PostgreSQL 15 server not found in {tmp_path} and apt-get is unavailable; "
-                              "install postgresql-15 or set OBSERVER_PG_BIN_DIR")
+    assert str(err.value) == (
+        f"PostgreSQL 15 server not found in {tmp_path} and apt-get is unavailable; "
+        "install postgresql-15 or set OBSERVER_PG_BIN_DIR"
+    )
 
 
 def test_broker_that_dies_during_start_up_is_reported_with_its_cause(stack: Settings, tmp_path: Path) -> None:
@@ -290,8 +325,9 @@ def test_broker_that_dies_during_start_up_is_reported_with_its_cause(stack: Sett
     lib = LocalKafka(stack).lib_dir
     (home / "kafka" / stack.kafka_version).mkdir(parents=True)
     (home / "kafka" / stack.kafka_version / "lib").symlink_to(lib)
-    settings = stack.model_copy(update={"home": home, "kafka_heap": "1m", "kafka_port": free_port(),
-                                        "kafka_controller_port": free_port()})
+    settings = stack.model_copy(
+        update={"home": home, "kafka_heap": "1m", "kafka_port": free_port(), "kafka_controller_port": free_port()}
+    )
     with pytest.raises(StackError, match=r"kafka exited during start-up: .*(heap|Heap)") as err:
         LocalKafka(settings).start()
     assert "\n" not in str(err.value)

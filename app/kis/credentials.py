@@ -33,9 +33,14 @@ DEFAULT_APP_KEY_ID = "main"
 # Keys accepted in a secrets file, each mapped to the variable it stands for. TOML files may use the short
 # names, at top level or in a [kis] table; env-style files use the variable names (``export`` allowed).
 _FILE_KEYS: dict[str, str] = {
-    ENV_APP_KEY: ENV_APP_KEY, "app_key": ENV_APP_KEY, "appkey": ENV_APP_KEY,
-    ENV_APP_SECRET: ENV_APP_SECRET, "app_secret": ENV_APP_SECRET, "appsecret": ENV_APP_SECRET,
-    ENV_APP_KEY_ID: ENV_APP_KEY_ID, "app_key_id": ENV_APP_KEY_ID,
+    ENV_APP_KEY: ENV_APP_KEY,
+    "app_key": ENV_APP_KEY,
+    "appkey": ENV_APP_KEY,
+    ENV_APP_SECRET: ENV_APP_SECRET,
+    "app_secret": ENV_APP_SECRET,
+    "appsecret": ENV_APP_SECRET,
+    ENV_APP_KEY_ID: ENV_APP_KEY_ID,
+    "app_key_id": ENV_APP_KEY_ID,
 }
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
@@ -78,8 +83,13 @@ def key_fingerprint(app_key: str) -> str:
     return hashlib.sha256(b"kis-app-key\0" + app_key.encode()).hexdigest()[:16]
 
 
-def load_credentials(env: Mapping[str, str], secrets_file: Path | None = None, *,
-                     app_key_id: str | None = None, repo_root: Path = PROJECT_ROOT) -> KisCredentials:
+def load_credentials(
+    env: Mapping[str, str],
+    secrets_file: Path | None = None,
+    *,
+    app_key_id: str | None = None,
+    repo_root: Path = PROJECT_ROOT,
+) -> KisCredentials:
     """The app key and secret from ``env`` (``OBSERVER_KIS_APP_KEY``/``_SECRET``), else from a secrets file.
 
     ``secrets_file`` (or ``OBSERVER_KIS_SECRETS_FILE`` in ``env``) is read only if it lies outside the git
@@ -130,7 +140,8 @@ def read_secrets_file(path: Path, *, repo_root: Path = PROJECT_ROOT) -> dict[str
         if st.st_mode & 0o077:
             raise CredentialsError(
                 f"secrets file {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"run: chmod 600 {path}")
+                f"run: chmod 600 {path}"
+            )
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
             raise CredentialsError(f"secrets file {path} is not owned by the user running this process")
         raw = fh.read()
@@ -154,7 +165,8 @@ def _check_location(path: Path, repo_root: Path) -> Path:
         if resolved.is_relative_to(root) and not resolved.is_relative_to(root / ".local"):
             raise CredentialsError(
                 f"secrets file {path} is inside the git checkout {root}; keep it outside the repository "
-                f"or under {root / '.local'} (ignored by git)")
+                f"or under {root / '.local'} (ignored by git)"
+            )
     return resolved
 
 

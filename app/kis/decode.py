@@ -25,8 +25,10 @@ class DecodeStats:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.bad_by_reason.items()))
-        return (f"{self.records} records from {self.frames} data frames; {self.control} control replies, "
-                f"{self.pingpong} PINGPONG; {self.bad} bad frames" + (f" ({reasons})" if reasons else ""))
+        return (
+            f"{self.records} records from {self.frames} data frames; {self.control} control replies, "
+            f"{self.pingpong} PINGPONG; {self.bad} bad frames" + (f" ({reasons})" if reasons else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def named_record(tick: dict[str, Any], line_no: int) -> dict[str, Any]:
     out["line"] = line_no
     out["fields"] = named
     if len(raw) > len(H0STCNT0_FIELDS):
-        out["extra_fields"] = raw[len(H0STCNT0_FIELDS):]
+        out["extra_fields"] = raw[len(H0STCNT0_FIELDS) :]
     return out
 
 
@@ -66,8 +68,9 @@ def decode_lines(lines: Iterable[str], stats: DecodeStats) -> Iterator[dict[str,
                 continue
             assert isinstance(msg, DataFrame)
             stats.frames += 1
-            ticks = frame_to_ticks(msg, received_at_us=0, app_key_id="", session_id="", frame_seq=line_no,
-                                   cipher=ciphers.get(msg.tr_id))
+            ticks = frame_to_ticks(
+                msg, received_at_us=0, app_key_id="", session_id="", frame_seq=line_no, cipher=ciphers.get(msg.tr_id)
+            )
         except FrameError as exc:
             stats.bad += 1
             stats.bad_by_reason[exc.reason] = stats.bad_by_reason.get(exc.reason, 0) + 1

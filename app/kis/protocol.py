@@ -28,14 +28,52 @@ PINGPONG = "PINGPONG"
 
 # H0STCNT0 record layout, documented order (46 fields). KIS may append fields; they are kept, never cut.
 H0STCNT0_FIELDS: tuple[str, ...] = (
-    "MKSC_SHRN_ISCD", "STCK_CNTG_HOUR", "STCK_PRPR", "PRDY_VRSS_SIGN", "PRDY_VRSS", "PRDY_CTRT",
-    "WGHN_AVRG_STCK_PRC", "STCK_OPRC", "STCK_HGPR", "STCK_LWPR", "ASKP1", "BIDP1", "CNTG_VOL", "ACML_VOL",
-    "ACML_TR_PBMN", "SELN_CNTG_CSNU", "SHNU_CNTG_CSNU", "NTBY_CNTG_CSNU", "CTTR", "SELN_CNTG_SMTN",
-    "SHNU_CNTG_SMTN", "CCLD_DVSN", "SHNU_RATE", "PRDY_VOL_VRSS_ACML_VOL_RATE", "OPRC_HOUR", "OPRC_VRSS_PRPR_SIGN",
-    "OPRC_VRSS_PRPR", "HGPR_HOUR", "HGPR_VRSS_PRPR_SIGN", "HGPR_VRSS_PRPR", "LWPR_HOUR", "LWPR_VRSS_PRPR_SIGN",
-    "LWPR_VRSS_PRPR", "BSOP_DATE", "NEW_MKOP_CLS_CODE", "TRHT_YN", "ASKP_RSQN1", "BIDP_RSQN1", "TOTAL_ASKP_RSQN",
-    "TOTAL_BIDP_RSQN", "VOL_TNRT", "PRDY_SMNS_HOUR_ACML_VOL", "PRDY_SMNS_HOUR_ACML_VOL_RATE", "HOUR_CLS_CODE",
-    "MRKT_TRTM_CLS_CODE", "VI_STND_PRC",
+    "MKSC_SHRN_ISCD",
+    "STCK_CNTG_HOUR",
+    "STCK_PRPR",
+    "PRDY_VRSS_SIGN",
+    "PRDY_VRSS",
+    "PRDY_CTRT",
+    "WGHN_AVRG_STCK_PRC",
+    "STCK_OPRC",
+    "STCK_HGPR",
+    "STCK_LWPR",
+    "ASKP1",
+    "BIDP1",
+    "CNTG_VOL",
+    "ACML_VOL",
+    "ACML_TR_PBMN",
+    "SELN_CNTG_CSNU",
+    "SHNU_CNTG_CSNU",
+    "NTBY_CNTG_CSNU",
+    "CTTR",
+    "SELN_CNTG_SMTN",
+    "SHNU_CNTG_SMTN",
+    "CCLD_DVSN",
+    "SHNU_RATE",
+    "PRDY_VOL_VRSS_ACML_VOL_RATE",
+    "OPRC_HOUR",
+    "OPRC_VRSS_PRPR_SIGN",
+    "OPRC_VRSS_PRPR",
+    "HGPR_HOUR",
+    "HGPR_VRSS_PRPR_SIGN",
+    "HGPR_VRSS_PRPR",
+    "LWPR_HOUR",
+    "LWPR_VRSS_PRPR_SIGN",
+    "LWPR_VRSS_PRPR",
+    "BSOP_DATE",
+    "NEW_MKOP_CLS_CODE",
+    "TRHT_YN",
+    "ASKP_RSQN1",
+    "BIDP_RSQN1",
+    "TOTAL_ASKP_RSQN",
+    "TOTAL_BIDP_RSQN",
+    "VOL_TNRT",
+    "PRDY_SMNS_HOUR_ACML_VOL",
+    "PRDY_SMNS_HOUR_ACML_VOL_RATE",
+    "HOUR_CLS_CODE",
+    "MRKT_TRTM_CLS_CODE",
+    "VI_STND_PRC",
 )
 H0STCNT0_WIDTH = len(H0STCNT0_FIELDS)
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(H0STCNT0_FIELDS)}
@@ -154,8 +192,14 @@ def classify(message: str | bytes) -> Message:
     parts = message.split("|", 3)
     if len(parts) == 4:
         flag, tr_id, count_text, payload = parts
-        if (flag == "0" or flag == "1") and tr_id and len(count_text) == 3 and count_text.isdigit() \
-                and count_text != "000" and count_text.isascii():
+        if (
+            (flag == "0" or flag == "1")
+            and tr_id
+            and len(count_text) == 3
+            and count_text.isdigit()
+            and count_text != "000"
+            and count_text.isascii()
+        ):
             return DataFrame(flag == "1", tr_id, int(count_text), payload)
     if not message:
         raise FrameError("empty_message", "empty message")
@@ -189,9 +233,14 @@ def _classify_json(text: str) -> ControlReply | PingPong:
         iv = output.get("iv") if isinstance(output.get("iv"), str) else None
         key = output.get("key") if isinstance(output.get("key"), str) else None
     return ControlReply(
-        tr_id=str(header.get("tr_id", "")), tr_key=str(header.get("tr_key", "")),
-        encrypt=str(header.get("encrypt", "N")), rt_cd=body["rt_cd"], msg_cd=body["msg_cd"],
-        msg1=str(body.get("msg1", "")), iv=iv, key=key,
+        tr_id=str(header.get("tr_id", "")),
+        tr_key=str(header.get("tr_key", "")),
+        encrypt=str(header.get("encrypt", "N")),
+        rt_cd=body["rt_cd"],
+        msg_cd=body["msg_cd"],
+        msg1=str(body.get("msg1", "")),
+        iv=iv,
+        key=key,
     )
 
 
@@ -233,8 +282,9 @@ def split_records(frame: DataFrame, min_width: int | None = None) -> list[list[s
         raise FrameError("non_divisible", f"{total} fields do not split into {frame.n_records} records")
     width = total // frame.n_records
     if width < min_width:
-        raise FrameError("wrong_field_count",
-                         f"{frame.tr_id} records have {width} fields, expected at least {min_width}")
+        raise FrameError(
+            "wrong_field_count", f"{frame.tr_id} records have {width} fields, expected at least {min_width}"
+        )
     if frame.n_records == 1:
         return [fields]
     return [fields[i : i + width] for i in range(0, total, width)]
@@ -287,8 +337,9 @@ def render_data_frame(tr_id: str, records: list[list[str]], encrypted_payload: s
     return f"0|{tr_id}|{len(records):03d}|" + "^".join("^".join(r) for r in records)
 
 
-def render_control_reply(tr_id: str, tr_key: str, msg_cd: str, *, encrypt: str = "N",
-                         iv: str | None = None, key: str | None = None) -> str:
+def render_control_reply(
+    tr_id: str, tr_key: str, msg_cd: str, *, encrypt: str = "N", iv: str | None = None, key: str | None = None
+) -> str:
     rt_cd, msg1 = CONTROL_MESSAGES[msg_cd]
     body: dict[str, Any] = {"rt_cd": rt_cd, "msg_cd": msg_cd, "msg1": msg1}
     if iv is not None and key is not None:
@@ -300,11 +351,16 @@ def render_pingpong(datetime_kst: str) -> str:
     return orjson.dumps({"header": {"tr_id": PINGPONG, "datetime": datetime_kst}}).decode()
 
 
-def render_subscribe_request(approval_key: str, tr_id: str, tr_key: str, subscribe: bool,
-                             custtype: str = "P") -> str:
+def render_subscribe_request(approval_key: str, tr_id: str, tr_key: str, subscribe: bool, custtype: str = "P") -> str:
     """The client's register (tr_type "1") or release (tr_type "2") request."""
-    return orjson.dumps({
-        "header": {"approval_key": approval_key, "custtype": custtype, "tr_type": "1" if subscribe else "2",
-                   "content-type": "utf-8"},
-        "body": {"input": {"tr_id": tr_id, "tr_key": tr_key}},
-    }).decode()
+    return orjson.dumps(
+        {
+            "header": {
+                "approval_key": approval_key,
+                "custtype": custtype,
+                "tr_type": "1" if subscribe else "2",
+                "content-type": "utf-8",
+            },
+            "body": {"input": {"tr_id": tr_id, "tr_key": tr_key}},
+        }
+    ).decode()

@@ -65,11 +65,11 @@ _RATE_LIMITED = "EGW00201"
 _TOKEN_THROTTLED = "EGW00133"
 _NOT_RETRYABLE = frozenset({"EGW00103", "EGW00105", "EGW00121", "EGW00123", "EGW00133", "EGW00205", "EGW00208"})
 
-REQUESTS = PromCounter("kis_rest_requests", "KIS REST requests sent, by endpoint and outcome",
-                       ["endpoint", "outcome"])
+REQUESTS = PromCounter("kis_rest_requests", "KIS REST requests sent, by endpoint and outcome", ["endpoint", "outcome"])
 RETRIES = PromCounter("kis_rest_retries", "KIS REST requests retried, by endpoint and reason", ["endpoint", "reason"])
-ERRORS = PromCounter("kis_rest_errors", "KIS REST calls that failed for good (KisApiError raised), by endpoint",
-                     ["endpoint"])
+ERRORS = PromCounter(
+    "kis_rest_errors", "KIS REST calls that failed for good (KisApiError raised), by endpoint", ["endpoint"]
+)
 TOKEN_ISSUES = PromCounter("kis_rest_token_requests", "POST /oauth2/tokenP sent, by outcome", ["outcome"])
 
 
@@ -132,10 +132,21 @@ def parse_kst(text: str) -> float:
 class KisRestClient:
     """KIS REST for one app key; ``async with KisRestClient(...) as kis: await kis.volume_rank()``."""
 
-    def __init__(self, base_url: str, credentials: KisCredentials, token_cache: Path, requests_per_second: float,
-                 max_retries: int = 5, timeout_s: float = 10, *, backoff_base_s: float = 0.25,
-                 backoff_max_s: float = 8.0, token_retry_wait_s: float = 61.0, custtype: str = "P",
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: KisCredentials,
+        token_cache: Path,
+        requests_per_second: float,
+        max_retries: int = 5,
+        timeout_s: float = 10,
+        *,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 8.0,
+        token_retry_wait_s: float = 61.0,
+        custtype: str = "P",
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.base_url = base_url.rstrip("/")
@@ -170,8 +181,9 @@ class KisRestClient:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -182,9 +194,16 @@ class KisRestClient:
         """The WebSocket approval key (``POST /oauth2/Approval``), issued once per instance unless forced."""
         if self._approval_key is None or force_new:
             creds = self._credentials
-            doc = await self._call(EP_APPROVAL, "POST", PATH_APPROVAL, body={
-                "grant_type": "client_credentials", "appkey": creds.app_key.get_secret_value(),
-                "secretkey": creds.app_secret.get_secret_value()})
+            doc = await self._call(
+                EP_APPROVAL,
+                "POST",
+                PATH_APPROVAL,
+                body={
+                    "grant_type": "client_credentials",
+                    "appkey": creds.app_key.get_secret_value(),
+                    "secretkey": creds.app_secret.get_secret_value(),
+                },
+            )
             key = doc.get("approval_key")
             if not isinstance(key, str) or not key:
                 raise self._fail(EP_APPROVAL, 200, "BAD_RESPONSE", "no approval_key in the reply")
@@ -208,22 +227,44 @@ class KisRestClient:
 
     async def inquire_price(self, code: str, market: str = "J") -> dict[str, str]:
         """``output`` of 주식현재가 시세 (FHKST01010100) for ``code``."""
-        doc = await self._call(EP_INQUIRE_PRICE, "GET", PATH_INQUIRE_PRICE, tr_id=TR_INQUIRE_PRICE,
-                               params={"FID_COND_MRKT_DIV_CODE": market, "FID_INPUT_ISCD": code})
+        doc = await self._call(
+            EP_INQUIRE_PRICE,
+            "GET",
+            PATH_INQUIRE_PRICE,
+            tr_id=TR_INQUIRE_PRICE,
+            params={"FID_COND_MRKT_DIV_CODE": market, "FID_INPUT_ISCD": code},
+        )
         output = doc.get("output")
         if not isinstance(output, dict) or not _all_str(output):
             raise self._fail(EP_INQUIRE_PRICE, 200, "BAD_RESPONSE", "output is not an object of strings")
         return output
 
-    async def volume_rank(self, *, market: str = "J", sector: str = "0000", div_cls: str = "0",
-                          blng_cls: str = "0", trgt_cls: str = "111111111", trgt_exls_cls: str = "0000000000",
-                          price_min: str = "", price_max: str = "", min_volume: str = "") -> list[dict[str, str]]:
+    async def volume_rank(
+        self,
+        *,
+        market: str = "J",
+        sector: str = "0000",
+        div_cls: str = "0",
+        blng_cls: str = "0",
+        trgt_cls: str = "111111111",
+        trgt_exls_cls: str = "0000000000",
+        price_min: str = "",
+        price_max: str = "",
+        min_volume: str = "",
+    ) -> list[dict[str, str]]:
         """Rows of 거래량순위 (FHPST01710000), at most 30; parameters as documented (KIS_PROTOCOL.md 5.1)."""
         params = {
-            "FID_COND_MRKT_DIV_CODE": market, "FID_COND_SCR_DIV_CODE": "20171", "FID_INPUT_ISCD": sector,
-            "FID_DIV_CLS_CODE": div_cls, "FID_BLNG_CLS_CODE": blng_cls, "FID_TRGT_CLS_CODE": trgt_cls,
-            "FID_TRGT_EXLS_CLS_CODE": trgt_exls_cls, "FID_INPUT_PRICE_1": price_min, "FID_INPUT_PRICE_2": price_max,
-            "FID_VOL_CNT": min_volume, "FID_INPUT_DATE_1": "",
+            "FID_COND_MRKT_DIV_CODE": market,
+            "FID_COND_SCR_DIV_CODE": "20171",
+            "FID_INPUT_ISCD": sector,
+            "FID_DIV_CLS_CODE": div_cls,
+            "FID_BLNG_CLS_CODE": blng_cls,
+            "FID_TRGT_CLS_CODE": trgt_cls,
+            "FID_TRGT_EXLS_CLS_CODE": trgt_exls_cls,
+            "FID_INPUT_PRICE_1": price_min,
+            "FID_INPUT_PRICE_2": price_max,
+            "FID_VOL_CNT": min_volume,
+            "FID_INPUT_DATE_1": "",
         }
         doc = await self._call(EP_VOLUME_RANK, "GET", PATH_VOLUME_RANK, tr_id=TR_VOLUME_RANK, params=params)
         output = doc.get("output")
@@ -238,9 +279,16 @@ class KisRestClient:
             if token is None:
                 return False
             creds = self._credentials
-            await self._call(EP_REVOKE, "POST", PATH_REVOKE, body={
-                "appkey": creds.app_key.get_secret_value(), "appsecret": creds.app_secret.get_secret_value(),
-                "token": token.value})
+            await self._call(
+                EP_REVOKE,
+                "POST",
+                PATH_REVOKE,
+                body={
+                    "appkey": creds.app_key.get_secret_value(),
+                    "appsecret": creds.app_secret.get_secret_value(),
+                    "token": token.value,
+                },
+            )
             self._token = None
             await asyncio.to_thread(self._write_cache, None)
             return True
@@ -250,8 +298,11 @@ class KisRestClient:
     async def _issue_token(self, fallback: AccessToken | None) -> AccessToken:
         """POST /oauth2/tokenP; on EGW00133 use ``fallback`` if still valid, else wait and try again."""
         creds = self._credentials
-        body = {"grant_type": "client_credentials", "appkey": creds.app_key.get_secret_value(),
-                "appsecret": creds.app_secret.get_secret_value()}
+        body = {
+            "grant_type": "client_credentials",
+            "appkey": creds.app_key.get_secret_value(),
+            "appsecret": creds.app_secret.get_secret_value(),
+        }
         throttled = 0
         while True:
             self.token_requests += 1
@@ -264,14 +315,20 @@ class KisRestClient:
                 TOKEN_ISSUES.labels("throttled").inc()
                 now = self._wall()
                 if fallback is not None and now < fallback.expires_at:
-                    log.info("kis %s: token re-issue throttled (EGW00133); keeping the current token until %s",
-                             self.app_key_id, fallback.expires_text)
+                    log.info(
+                        "kis %s: token re-issue throttled (EGW00133); keeping the current token until %s",
+                        self.app_key_id,
+                        fallback.expires_text,
+                    )
                     return fallback
                 throttled += 1
                 if throttled > self.max_retries:
                     raise
-                log.warning("kis %s: token issue throttled (EGW00133), no valid token; retrying in %.0f s",
-                            self.app_key_id, self.token_retry_wait_s)
+                log.warning(
+                    "kis %s: token issue throttled (EGW00133), no valid token; retrying in %.0f s",
+                    self.app_key_id,
+                    self.token_retry_wait_s,
+                )
                 self.retries[EP_TOKEN] += 1
                 RETRIES.labels(EP_TOKEN, "token_throttled").inc()
                 await asyncio.sleep(self.token_retry_wait_s)
@@ -282,16 +339,22 @@ class KisRestClient:
             return token
 
     def _parse_token(self, doc: dict[str, Any]) -> AccessToken:
-        value, expired, expires_in = doc.get("access_token"), doc.get("access_token_token_expired"), \
-            doc.get("expires_in")
+        value, expired, expires_in = (
+            doc.get("access_token"),
+            doc.get("access_token_token_expired"),
+            doc.get("expires_in"),
+        )
         if not isinstance(value, str) or not value or str(doc.get("token_type", "")).lower() != "bearer":
             raise self._fail(EP_TOKEN, 200, "BAD_RESPONSE", "no Bearer access_token in the reply")
         if isinstance(expired, str):
             try:
                 return AccessToken(value, parse_kst(expired), expired)
             except ValueError:
-                log.warning("kis %s: access_token_token_expired %r is not YYYY-MM-DD HH:MM:SS; using expires_in",
-                            self.app_key_id, expired[:40])
+                log.warning(
+                    "kis %s: access_token_token_expired %r is not YYYY-MM-DD HH:MM:SS; using expires_in",
+                    self.app_key_id,
+                    expired[:40],
+                )
         if not isinstance(expires_in, int | float) or expires_in <= 0:
             raise self._fail(EP_TOKEN, 200, "BAD_RESPONSE", "token reply has no usable expiry")
         expires_at = self._wall() + float(expires_in)
@@ -332,8 +395,11 @@ class KisRestClient:
             mode = os.fstat(fh.fileno()).st_mode
             if mode & 0o077 or not stat.S_ISREG(mode):
                 self.cache_problems += 1
-                log.warning("kis token cache %s is not a private regular file (mode %04o); ignoring it",
-                            self.token_cache, stat.S_IMODE(mode))
+                log.warning(
+                    "kis token cache %s is not a private regular file (mode %04o); ignoring it",
+                    self.token_cache,
+                    stat.S_IMODE(mode),
+                )
                 return {}
             raw = fh.read()
         try:
@@ -370,8 +436,10 @@ class KisRestClient:
                 tokens.pop(self.app_key_id, None)
             else:
                 tokens[self.app_key_id] = {
-                    "base_url": self.base_url, "key_fingerprint": self._credentials.fingerprint(),
-                    "access_token": token.value, "access_token_token_expired": token.expires_text,
+                    "base_url": self.base_url,
+                    "key_fingerprint": self._credentials.fingerprint(),
+                    "access_token": token.value,
+                    "access_token_token_expired": token.expires_text,
                     "written_at": dt.datetime.now(KST).strftime("%Y-%m-%d %H:%M:%S"),
                 }
             data = orjson.dumps({"version": 1, "tokens": tokens}, option=orjson.OPT_INDENT_2)
@@ -396,8 +464,16 @@ class KisRestClient:
 
     # ------------------------------------------------------------------ requests
 
-    async def _call(self, endpoint: str, method: str, path: str, *, body: dict[str, str] | None = None,
-                    params: dict[str, str] | None = None, tr_id: str | None = None) -> dict[str, Any]:
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        tr_id: str | None = None,
+    ) -> dict[str, Any]:
         """One logical call: pacing, retries, token refresh. Returns the JSON object of a success."""
         if self._session is None:
             raise RuntimeError("KisRestClient is used outside 'async with'")
@@ -424,27 +500,45 @@ class KisRestClient:
             if reason is None or attempt >= self.max_retries:
                 self.errors[endpoint] += 1
                 ERRORS.labels(endpoint).inc()
-                log.warning("kis %s: %s%s", self.app_key_id, failure,
-                            f" (after {attempt} retries)" if attempt else "")
+                log.warning("kis %s: %s%s", self.app_key_id, failure, f" (after {attempt} retries)" if attempt else "")
                 raise failure
-            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * (0.5 + self._rng.random() / 2)
+            delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt) * (0.5 + self._rng.random() / 2)
             attempt += 1
             self._note_retry(endpoint, reason, failure, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, endpoint: str, method: str, path: str, body: dict[str, str] | None,
-                       params: dict[str, str] | None, tr_id: str | None,
-                       token: str | None) -> tuple[int, dict[str, Any], KisApiError | None]:
+    async def _attempt(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: dict[str, str] | None,
+        params: dict[str, str] | None,
+        tr_id: str | None,
+        token: str | None,
+    ) -> tuple[int, dict[str, Any], KisApiError | None]:
         assert self._session is not None
         creds = self._credentials
         headers = {"content-type": "application/json; charset=utf-8"}
         if tr_id is not None and token is not None:
-            headers.update({"authorization": f"Bearer {token}", "appkey": creds.app_key.get_secret_value(),
-                            "appsecret": creds.app_secret.get_secret_value(), "tr_id": tr_id, "tr_cont": "",
-                            "custtype": self.custtype})
+            headers.update(
+                {
+                    "authorization": f"Bearer {token}",
+                    "appkey": creds.app_key.get_secret_value(),
+                    "appsecret": creds.app_secret.get_secret_value(),
+                    "tr_id": tr_id,
+                    "tr_cont": "",
+                    "custtype": self.custtype,
+                }
+            )
         try:
-            async with self._session.request(method, self.base_url + path, params=params, headers=headers,
-                                             data=orjson.dumps(body) if body is not None else None) as resp:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                data=orjson.dumps(body) if body is not None else None,
+            ) as resp:
                 status = resp.status
                 raw = await resp.read()
         except TimeoutError:
@@ -495,8 +589,12 @@ class KisRestClient:
 
     def _redact(self, text: str) -> str:
         creds = self._credentials
-        for secret in (creds.app_key.get_secret_value(), creds.app_secret.get_secret_value(),
-                       self._token.value if self._token else "", self._approval_key or ""):
+        for secret in (
+            creds.app_key.get_secret_value(),
+            creds.app_secret.get_secret_value(),
+            self._token.value if self._token else "",
+            self._approval_key or "",
+        ):
             if len(secret) >= 8 and secret in text:
                 text = text.replace(secret, "[redacted]")
         return text

@@ -27,8 +27,13 @@ KST_OFFSET_S = 9 * 3600
 _SIDES = {"1": "buy", "5": "sell", "3": "pre_open"}
 
 _I = FIELD_INDEX
-I_SYMBOL, I_TIME, I_PRICE, I_SIGN, I_RATE = _I["MKSC_SHRN_ISCD"], _I["STCK_CNTG_HOUR"], _I["STCK_PRPR"], \
-    _I["PRDY_VRSS_SIGN"], _I["PRDY_CTRT"]
+I_SYMBOL, I_TIME, I_PRICE, I_SIGN, I_RATE = (
+    _I["MKSC_SHRN_ISCD"],
+    _I["STCK_CNTG_HOUR"],
+    _I["STCK_PRPR"],
+    _I["PRDY_VRSS_SIGN"],
+    _I["PRDY_CTRT"],
+)
 I_ASK, I_BID, I_VOL, I_ACML = _I["ASKP1"], _I["BIDP1"], _I["CNTG_VOL"], _I["ACML_VOL"]
 I_SIDE, I_DATE = _I["CCLD_DVSN"], _I["BSOP_DATE"]
 
@@ -79,8 +84,17 @@ def _name(i: int) -> str:
     return f"{H0STCNT0_FIELDS[i]} (#{i})" if i < len(H0STCNT0_FIELDS) else f"#{i}"
 
 
-def record_to_tick(fields: list[str], *, tr_id: str, received_at_us: int, app_key_id: str, session_id: str,
-                   frame_seq: int, record_index: int, record_count: int) -> RawTick:
+def record_to_tick(
+    fields: list[str],
+    *,
+    tr_id: str,
+    received_at_us: int,
+    app_key_id: str,
+    session_id: str,
+    frame_seq: int,
+    record_index: int,
+    record_count: int,
+) -> RawTick:
     symbol = fields[I_SYMBOL]
     if not symbol or not symbol.isalnum() or not symbol.isascii() or len(symbol) > 9:
         raise FrameError("bad_symbol", f"MKSC_SHRN_ISCD {symbol[:20]!r} is not a KRX short code")
@@ -134,8 +148,15 @@ def _event_time_cached(business_date: str, hhmmss: str) -> int:
     return value
 
 
-def frame_to_ticks(frame: DataFrame, *, received_at_us: int, app_key_id: str, session_id: str, frame_seq: int,
-                   cipher: tuple[str, str] | None = None) -> list[RawTick]:
+def frame_to_ticks(
+    frame: DataFrame,
+    *,
+    received_at_us: int,
+    app_key_id: str,
+    session_id: str,
+    frame_seq: int,
+    cipher: tuple[str, str] | None = None,
+) -> list[RawTick]:
     """All trade records of one data frame, or FrameError for the whole frame (it goes to the DLQ whole).
 
     ``cipher`` is the (key, iv) from the SUBSCRIBE SUCCESS reply of the frame's TR, needed if encrypted.
@@ -171,27 +192,53 @@ def frame_to_ticks(frame: DataFrame, *, received_at_us: int, app_key_id: str, se
             rate = float(f[I_RATE])
             if rate - rate != 0.0:  # NaN or infinity: parses as a float, is not a rate
                 raise ValueError(rate)
-            append({
-                "tr_id": tr_id, "symbol": symbol, "business_date": business_date, "trade_time": trade_time,
-                "event_time_us": event_us, "price": int(f[I_PRICE]), "trade_volume": int(f[I_VOL]),
-                "cumulative_volume": int(f[I_ACML]), "change_sign": f[I_SIGN], "change_rate": rate,
-                "best_ask": int(f[I_ASK]), "best_bid": int(f[I_BID]), "side": _SIDES.get(f[I_SIDE], "unknown"),
-                "received_at_us": received_at_us, "app_key_id": app_key_id, "session_id": session_id,
-                "frame_seq": frame_seq, "record_index": index, "record_count": count, "fields": f,
-            })
+            append(
+                {
+                    "tr_id": tr_id,
+                    "symbol": symbol,
+                    "business_date": business_date,
+                    "trade_time": trade_time,
+                    "event_time_us": event_us,
+                    "price": int(f[I_PRICE]),
+                    "trade_volume": int(f[I_VOL]),
+                    "cumulative_volume": int(f[I_ACML]),
+                    "change_sign": f[I_SIGN],
+                    "change_rate": rate,
+                    "best_ask": int(f[I_ASK]),
+                    "best_bid": int(f[I_BID]),
+                    "side": _SIDES.get(f[I_SIDE], "unknown"),
+                    "received_at_us": received_at_us,
+                    "app_key_id": app_key_id,
+                    "session_id": session_id,
+                    "frame_seq": frame_seq,
+                    "record_index": index,
+                    "record_count": count,
+                    "fields": f,
+                }
+            )
         except ValueError:
             # The precise checker raises the FrameError naming the field.
-            record_to_tick(f, tr_id=tr_id, received_at_us=received_at_us, app_key_id=app_key_id,
-                           session_id=session_id, frame_seq=frame_seq, record_index=index, record_count=count)
+            record_to_tick(
+                f,
+                tr_id=tr_id,
+                received_at_us=received_at_us,
+                app_key_id=app_key_id,
+                session_id=session_id,
+                frame_seq=frame_seq,
+                record_index=index,
+                record_count=count,
+            )
             raise FrameError("bad_number", f"record {index} has a value that is not a number") from None
     return ticks
 
 
-def parse_trade_message(message: str, *, received_at_us: int = 0, app_key_id: str = "", session_id: str = "",
-                        frame_seq: int = 0) -> list[RawTick]:
+def parse_trade_message(
+    message: str, *, received_at_us: int = 0, app_key_id: str = "", session_id: str = "", frame_seq: int = 0
+) -> list[RawTick]:
     """Convenience for tools and tests: a data-frame message straight to ticks."""
     msg = classify(message)
     if not isinstance(msg, DataFrame):
         raise FrameError("not_a_data_frame", f"message is a {type(msg).__name__}, not a data frame")
-    return frame_to_ticks(msg, received_at_us=received_at_us, app_key_id=app_key_id, session_id=session_id,
-                          frame_seq=frame_seq)
+    return frame_to_ticks(
+        msg, received_at_us=received_at_us, app_key_id=app_key_id, session_id=session_id, frame_seq=frame_seq
+    )

@@ -28,10 +28,17 @@ class SessionLedger:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "session": self.session, "app_key_id": self.app_key_id, "opened_wall": self.opened_wall,
-            "closed_wall": self.closed_wall, "close_reason": self.close_reason, "frames_sent": self.frames_sent,
-            "records_sent": self.records_sent, "records_by_symbol": dict(self.records_by_symbol),
-            "bad_frames": dict(self.bad_frames), "replies": dict(self.replies), "pings_sent": self.pings_sent,
+            "session": self.session,
+            "app_key_id": self.app_key_id,
+            "opened_wall": self.opened_wall,
+            "closed_wall": self.closed_wall,
+            "close_reason": self.close_reason,
+            "frames_sent": self.frames_sent,
+            "records_sent": self.records_sent,
+            "records_by_symbol": dict(self.records_by_symbol),
+            "bad_frames": dict(self.bad_frames),
+            "replies": dict(self.replies),
+            "pings_sent": self.pings_sent,
             "pongs_received": self.pongs_received,
         }
 

@@ -149,18 +149,98 @@ _BOOTSTRAP: dict[str, tuple[str, str, int, float, float, int, float, str]] = {
 }
 
 _NAME_HEADS = (
-    "한국", "대한", "삼화", "동양", "서울", "신한", "현대", "대성", "한일", "우리", "태양", "미래", "세진", "동화",
-    "성원", "광명", "한빛", "극동", "대림", "금호", "유니", "코리아", "에이스", "그린", "제일", "동부", "한솔",
-    "새한", "국제", "신성", "아진", "대원", "화신", "경동", "삼진", "영진", "동성", "일진", "한라", "청호",
+    "한국",
+    "대한",
+    "삼화",
+    "동양",
+    "서울",
+    "신한",
+    "현대",
+    "대성",
+    "한일",
+    "우리",
+    "태양",
+    "미래",
+    "세진",
+    "동화",
+    "성원",
+    "광명",
+    "한빛",
+    "극동",
+    "대림",
+    "금호",
+    "유니",
+    "코리아",
+    "에이스",
+    "그린",
+    "제일",
+    "동부",
+    "한솔",
+    "새한",
+    "국제",
+    "신성",
+    "아진",
+    "대원",
+    "화신",
+    "경동",
+    "삼진",
+    "영진",
+    "동성",
+    "일진",
+    "한라",
+    "청호",
 )
 _NAME_TAILS = (
-    "전자", "바이오", "화학", "제약", "건설", "정밀", "산업", "테크", "소재", "에너지", "반도체", "시스템", "홀딩스",
-    "물산", "식품", "중공업", "통신", "게임즈", "엔터", "디스플레이", "로보틱스", "머티리얼즈", "솔루션", "메디칼",
-    "철강", "해운", "증권", "생명과학", "인터내셔널", "모빌리티",
+    "전자",
+    "바이오",
+    "화학",
+    "제약",
+    "건설",
+    "정밀",
+    "산업",
+    "테크",
+    "소재",
+    "에너지",
+    "반도체",
+    "시스템",
+    "홀딩스",
+    "물산",
+    "식품",
+    "중공업",
+    "통신",
+    "게임즈",
+    "엔터",
+    "디스플레이",
+    "로보틱스",
+    "머티리얼즈",
+    "솔루션",
+    "메디칼",
+    "철강",
+    "해운",
+    "증권",
+    "생명과학",
+    "인터내셔널",
+    "모빌리티",
 )
 _SECTORS = (
-    "전기·전자", "화학", "제약", "의료정밀", "기계", "운수장비", "유통업", "건설업", "서비스업", "IT 서비스",
-    "음식료품", "철강금속", "금융업", "섬유의복", "통신업", "오락·문화", "반도체", "소프트웨어",
+    "전기·전자",
+    "화학",
+    "제약",
+    "의료정밀",
+    "기계",
+    "운수장비",
+    "유통업",
+    "건설업",
+    "서비스업",
+    "IT 서비스",
+    "음식료품",
+    "철강금속",
+    "금융업",
+    "섬유의복",
+    "통신업",
+    "오락·문화",
+    "반도체",
+    "소프트웨어",
 )
 _CODE_LETTERS = "ABCDEFGHJKLMNPQRSTVWXYZ"  # the code reform's letters: A-Z without I, O, U
 _MAX_SYMBOLS = 20_000
@@ -194,16 +274,14 @@ def _make_codes(rng: np.random.Generator, n: int) -> list[str]:
 def _make_names(rng: np.random.Generator, n: int) -> list[str]:
     combos = [h + t for h in _NAME_HEADS for t in _NAME_TAILS]
     order = rng.permutation(len(combos))
-    return [combos[order[i % len(combos)]] + ("" if i < len(combos) else str(i // len(combos) + 1))
-            for i in range(n)]
+    return [combos[order[i % len(combos)]] + ("" if i < len(combos) else str(i // len(combos) + 1)) for i in range(n)]
 
 
 def _u_shape(n_seconds: int = CONT_SECONDS) -> F64:
     """Intraday trade-rate multiplier per continuous-session second, mean 1."""
     t = np.arange(n_seconds, dtype=np.float64) / 60.0  # minutes since 09:00
     end = n_seconds / 60.0
-    raw = (0.42 + 2.0 * np.exp(-t / 10.0) + 1.1 * np.exp(-(end - t) / 20.0)
-           - 0.12 * np.exp(-(((t - 200.0) / 45.0) ** 2)))
+    raw = 0.42 + 2.0 * np.exp(-t / 10.0) + 1.1 * np.exp(-(end - t) / 20.0) - 0.12 * np.exp(-(((t - 200.0) / 45.0) ** 2))
     return np.asarray(raw / raw.mean(), dtype=np.float64)
 
 
@@ -213,8 +291,15 @@ def _u_shape(n_seconds: int = CONT_SECONDS) -> F64:
 class Market:
     """A seeded KRX trading day: ``advance_to`` generates trades, the REST views read the state."""
 
-    def __init__(self, seed: int, business_date: dt.date, n_symbols: int = 2000, surges: Sequence[SurgeSpec] = (),
-                 random_surges: int = 0, rate_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        seed: int,
+        business_date: dt.date,
+        n_symbols: int = 2000,
+        surges: Sequence[SurgeSpec] = (),
+        random_surges: int = 0,
+        rate_scale: float = 1.0,
+    ) -> None:
         if not len(BOOTSTRAP_CODES) <= n_symbols <= _MAX_SYMBOLS:
             raise ValueError(f"n_symbols must be in {len(BOOTSTRAP_CODES)}..{_MAX_SYMBOLS}, got {n_symbols}")
         if not rate_scale > 0:
@@ -274,8 +359,15 @@ class Market:
                 sector_list.append(_SECTORS[sector[i]])
         daily_shares = rate * SESSION_MINUTES * mean_lot  # a normal day's expected volume
         self.symbols: list[SymbolSpec] = [
-            SymbolSpec(code=c, name=name_list[i], market=market_list[i], prev_close=int(prev_close[i]),
-                       base_rate_per_min=float(rate[i]), mean_lot=float(mean_lot[i]), listed_shares=int(listed[i]))
+            SymbolSpec(
+                code=c,
+                name=name_list[i],
+                market=market_list[i],
+                prev_close=int(prev_close[i]),
+                base_rate_per_min=float(rate[i]),
+                mean_lot=float(mean_lot[i]),
+                listed_shares=int(listed[i]),
+            )
             for i, c in enumerate(codes)
         ]
         self.by_code: dict[str, SymbolSpec] = {s.code: s for s in self.symbols}
@@ -297,10 +389,8 @@ class Market:
         ticks_day = vol_d * prev_close / _BAND_TICK[np.searchsorted(_BAND_PRICE, prev_close, side="right") - 1]
         scale = self.rate_scale
         self._p_move: F64 = np.clip(ticks_day**2 / (rate * scale * SESSION_MINUTES), 0.005, 0.9)
-        self._prdy_vol: I64 = np.maximum(1, np.rint(daily_shares * scale * np.exp(0.35 * z[5] - 0.06))).astype(
-            np.int64)
-        self._avrg_vol: I64 = np.maximum(1, np.rint(daily_shares * scale * np.exp(0.25 * z[6] - 0.03))).astype(
-            np.int64)
+        self._prdy_vol: I64 = np.maximum(1, np.rint(daily_shares * scale * np.exp(0.35 * z[5] - 0.06))).astype(np.int64)
+        self._avrg_vol: I64 = np.maximum(1, np.rint(daily_shares * scale * np.exp(0.25 * z[6] - 0.03))).astype(np.int64)
         self._nday_close: I64 = _price_of(_idx_of(np.rint(prev_close * np.exp(0.08 * z[7])).astype(np.int64)))
         # the opening quote: the previous close plus a small gap of whole ticks
         gap = np.rint(1.5 * z[8]).astype(np.int64)
@@ -318,8 +408,14 @@ class Market:
         out = []
         for i in range(k):
             s = int(starts[i])
-            out.append(SurgeSpec(symbol=candidates[picks[i]], start=dt.time(s // 3600, s // 60 % 60, s % 60),
-                                 minutes=round(float(minutes[i]), 2), factor=round(float(factors[i]), 2)))
+            out.append(
+                SurgeSpec(
+                    symbol=candidates[picks[i]],
+                    start=dt.time(s // 3600, s // 60 % 60, s % 60),
+                    minutes=round(float(minutes[i]), 2),
+                    factor=round(float(factors[i]), 2),
+                )
+            )
         return out
 
     def _build_surges(self) -> None:
@@ -519,25 +615,57 @@ class Market:
         d_signs = _DIFF_SIGNS.__getitem__
         open_s = list(map(prices, _idx_of(open_px).tolist()))
         columns: list[Iterable[str]] = [
-            map(self._codes.__getitem__, sym.tolist()), repeat(_HHMMSS[sec]),
-            map(prices, (bid_idx + buy_i).tolist()), map(_SIGNS.__getitem__, sign.tolist()),
-            map(str, vrss.tolist()), map(_F2, ctrt.tolist()), map(_F2, vwap.tolist()), open_s,
-            map(prices, _idx_of(high).tolist()), map(prices, _idx_of(low).tolist()),
-            map(prices, (bid_idx + 1).tolist()), map(prices, bid_idx.tolist()), map(str, vol.tolist()),
-            map(str, cum_vol.tolist()), map(str, cum_val.tolist()), map(str, sell_cnt.tolist()),
-            map(str, buy_cnt.tolist()), map(str, (buy_cnt - sell_cnt).tolist()), map(_F2, cttr.tolist()),
-            map(str, sell_vol.tolist()), map(str, buy_vol.tolist()), map(_SIDES.__getitem__, buy_i.tolist()),
-            map(_F2, shnu_rate.tolist()), map(_F2, prdy_rate.tolist()),
-            map(times, open_t.tolist()), map(d_signs, np.sign(d_open).tolist()), map(str, d_open.tolist()),
-            map(times, high_t.tolist()), map(d_signs, np.sign(d_high).tolist()), map(str, d_high.tolist()),
-            map(times, low_t.tolist()), map(d_signs, np.sign(d_low).tolist()), map(str, d_low.tolist()),
-            repeat(self._bsop), repeat("20"), repeat("N"), map(str, ask_rsqn.tolist()), map(str, bid_rsqn.tolist()),
-            map(str, ask_total.tolist()), map(str, bid_total.tolist()), map(_F2, tnrt.tolist()),
-            map(str, smns.tolist()), map(_F2, smns_rate.tolist()), repeat("0"), repeat(""), open_s,
+            map(self._codes.__getitem__, sym.tolist()),
+            repeat(_HHMMSS[sec]),
+            map(prices, (bid_idx + buy_i).tolist()),
+            map(_SIGNS.__getitem__, sign.tolist()),
+            map(str, vrss.tolist()),
+            map(_F2, ctrt.tolist()),
+            map(_F2, vwap.tolist()),
+            open_s,
+            map(prices, _idx_of(high).tolist()),
+            map(prices, _idx_of(low).tolist()),
+            map(prices, (bid_idx + 1).tolist()),
+            map(prices, bid_idx.tolist()),
+            map(str, vol.tolist()),
+            map(str, cum_vol.tolist()),
+            map(str, cum_val.tolist()),
+            map(str, sell_cnt.tolist()),
+            map(str, buy_cnt.tolist()),
+            map(str, (buy_cnt - sell_cnt).tolist()),
+            map(_F2, cttr.tolist()),
+            map(str, sell_vol.tolist()),
+            map(str, buy_vol.tolist()),
+            map(_SIDES.__getitem__, buy_i.tolist()),
+            map(_F2, shnu_rate.tolist()),
+            map(_F2, prdy_rate.tolist()),
+            map(times, open_t.tolist()),
+            map(d_signs, np.sign(d_open).tolist()),
+            map(str, d_open.tolist()),
+            map(times, high_t.tolist()),
+            map(d_signs, np.sign(d_high).tolist()),
+            map(str, d_high.tolist()),
+            map(times, low_t.tolist()),
+            map(d_signs, np.sign(d_low).tolist()),
+            map(str, d_low.tolist()),
+            repeat(self._bsop),
+            repeat("20"),
+            repeat("N"),
+            map(str, ask_rsqn.tolist()),
+            map(str, bid_rsqn.tolist()),
+            map(str, ask_total.tolist()),
+            map(str, bid_total.tolist()),
+            map(_F2, tnrt.tolist()),
+            map(str, smns.tolist()),
+            map(_F2, smns_rate.tolist()),
+            repeat("0"),
+            repeat(""),
+            open_s,
         ]
         records = list(map(list, zip(*columns, strict=False)))  # the repeat() columns are endless
-        out.extend(map(Trade, map(self._codes.__getitem__, sym.tolist()), repeat((self._midnight_s + sec) * _US),
-                       records))
+        out.extend(
+            map(Trade, map(self._codes.__getitem__, sym.tolist()), repeat((self._midnight_s + sec) * _US), records)
+        )
 
     # -------------------------------------------------------------- start_at
 
@@ -674,8 +802,13 @@ class Market:
         vol_inrt = vol * 100.0 / self._prdy_vol
         vol_tnrt = vol * 100.0 / self._listed
         tr_pbmn_tnrt = self._cum_val * 100.0 / mcap
-        keys: dict[str, npt.NDArray[Any]] = {"0": vol, "1": vol_inrt, "2": vol_tnrt, "3": self._cum_val,
-                                             "4": tr_pbmn_tnrt}
+        keys: dict[str, npt.NDArray[Any]] = {
+            "0": vol,
+            "1": vol_inrt,
+            "2": vol_tnrt,
+            "3": self._cum_val,
+            "4": tr_pbmn_tnrt,
+        }
         if blng_cls_code not in keys:
             raise ValueError(f"FID_BLNG_CLS_CODE {blng_cls_code!r} is not one of 0-4")
         key = keys[blng_cls_code]
@@ -688,25 +821,27 @@ class Market:
             avrg_vol = int(self._avrg_vol[i])
             avrg_pbmn = avrg_vol * prev
             nday = int(self._nday_close[i])
-            rows.append({
-                "hts_kor_isnm": spec.name,
-                "mksc_shrn_iscd": spec.code,
-                "data_rank": str(rank),
-                "stck_prpr": str(price),
-                "prdy_vrss_sign": self._sign(i, price),
-                "prdy_vrss": str(price - prev),
-                "prdy_ctrt": f"{(price - prev) * 100.0 / prev:.2f}",
-                "acml_vol": str(int(vol[i])),
-                "prdy_vol": str(int(self._prdy_vol[i])),
-                "lstn_stcn": str(spec.listed_shares),
-                "avrg_vol": str(avrg_vol),
-                "n_befr_clpr_vrss_prpr_rate": f"{(price - nday) * 100.0 / nday:.2f}",
-                "vol_inrt": f"{vol_inrt[i]:.2f}",
-                "vol_tnrt": f"{vol_tnrt[i]:.2f}",
-                "nday_vol_tnrt": f"{avrg_vol * 100.0 / spec.listed_shares:.2f}",
-                "avrg_tr_pbmn": str(avrg_pbmn),
-                "tr_pbmn_tnrt": f"{tr_pbmn_tnrt[i]:.2f}",
-                "nday_tr_pbmn_tnrt": f"{avrg_pbmn * 100.0 / int(mcap[i]):.2f}",
-                "acml_tr_pbmn": str(int(self._cum_val[i])),
-            })
+            rows.append(
+                {
+                    "hts_kor_isnm": spec.name,
+                    "mksc_shrn_iscd": spec.code,
+                    "data_rank": str(rank),
+                    "stck_prpr": str(price),
+                    "prdy_vrss_sign": self._sign(i, price),
+                    "prdy_vrss": str(price - prev),
+                    "prdy_ctrt": f"{(price - prev) * 100.0 / prev:.2f}",
+                    "acml_vol": str(int(vol[i])),
+                    "prdy_vol": str(int(self._prdy_vol[i])),
+                    "lstn_stcn": str(spec.listed_shares),
+                    "avrg_vol": str(avrg_vol),
+                    "n_befr_clpr_vrss_prpr_rate": f"{(price - nday) * 100.0 / nday:.2f}",
+                    "vol_inrt": f"{vol_inrt[i]:.2f}",
+                    "vol_tnrt": f"{vol_tnrt[i]:.2f}",
+                    "nday_vol_tnrt": f"{avrg_vol * 100.0 / spec.listed_shares:.2f}",
+                    "avrg_tr_pbmn": str(avrg_pbmn),
+                    "tr_pbmn_tnrt": f"{tr_pbmn_tnrt[i]:.2f}",
+                    "nday_tr_pbmn_tnrt": f"{avrg_pbmn * 100.0 / int(mcap[i]):.2f}",
+                    "acml_tr_pbmn": str(int(self._cum_val[i])),
+                }
+            )
         return rows

@@ -85,8 +85,16 @@ REVOKE_OK = "접근토큰 폐기에 성공하였습니다"
 
 # volume-rank: every documented query parameter is required; the value checks are the documented ones.
 RANK_PARAMS: tuple[str, ...] = (
-    "FID_COND_MRKT_DIV_CODE", "FID_COND_SCR_DIV_CODE", "FID_INPUT_ISCD", "FID_DIV_CLS_CODE", "FID_BLNG_CLS_CODE",
-    "FID_TRGT_CLS_CODE", "FID_TRGT_EXLS_CLS_CODE", "FID_INPUT_PRICE_1", "FID_INPUT_PRICE_2", "FID_VOL_CNT",
+    "FID_COND_MRKT_DIV_CODE",
+    "FID_COND_SCR_DIV_CODE",
+    "FID_INPUT_ISCD",
+    "FID_DIV_CLS_CODE",
+    "FID_BLNG_CLS_CODE",
+    "FID_TRGT_CLS_CODE",
+    "FID_TRGT_EXLS_CLS_CODE",
+    "FID_INPUT_PRICE_1",
+    "FID_INPUT_PRICE_2",
+    "FID_VOL_CNT",
     "FID_INPUT_DATE_1",
 )
 RANK_MARKETS = frozenset({"J", "NX", "UN", "W"})
@@ -151,9 +159,16 @@ class _Token:
 class RestState:
     """Credentials accepted, tokens and approval keys issued, request windows and counters."""
 
-    def __init__(self, market: Market, clock: Callable[[], int], accepted: Mapping[str, str], faults: RestFaults,
-                 labels: Mapping[str, str] | None = None, wall_clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        market: Market,
+        clock: Callable[[], int],
+        accepted: Mapping[str, str],
+        faults: RestFaults,
+        labels: Mapping[str, str] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.market = market
         self.clock = clock
         self.accepted = dict(accepted)
@@ -202,8 +217,12 @@ class RestState:
         if self.faults.token_throttle and last is not None and now - last < TOKEN_THROTTLE_S:
             self.stats.tokens_throttled += 1
             return None
-        token = _Token(token=_jwt_like(self.label(app_key), now), app_key=app_key, issued_wall=now,
-                       expires_wall=now + TOKEN_LIFETIME_S)
+        token = _Token(
+            token=_jwt_like(self.label(app_key), now),
+            app_key=app_key,
+            issued_wall=now,
+            expires_wall=now + TOKEN_LIFETIME_S,
+        )
         self._tokens[token.token] = token
         self._current[app_key] = token
         self._last_new_issue[app_key] = now
@@ -270,8 +289,16 @@ def _prune(times: deque[float], now: float) -> None:
 def _jwt_like(label: str, now: float) -> str:
     """An opaque token shaped like KIS's (a JWT); it carries no credential, only random bytes."""
     header = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzUxMiJ9"  # {"typ":"JWT","alg":"HS512"}
-    claims = orjson.dumps({"sub": "token", "iss": "sim-unogw", "aud": label, "iat": int(now),
-                           "exp": int(now) + TOKEN_LIFETIME_S, "jti": secrets.token_hex(16)})
+    claims = orjson.dumps(
+        {
+            "sub": "token",
+            "iss": "sim-unogw",
+            "aud": label,
+            "iat": int(now),
+            "exp": int(now) + TOKEN_LIFETIME_S,
+            "jti": secrets.token_hex(16),
+        }
+    )
     payload = base64.urlsafe_b64encode(claims).rstrip(b"=").decode()
     return f"{header}.{payload}.{secrets.token_urlsafe(64)}"
 
@@ -297,8 +324,9 @@ def issued_approval_keys(app: web.Application) -> dict[str, str]:
 
 
 def _json(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), status=status, headers=headers,
-                        content_type="application/json", charset="utf-8")
+    return web.Response(
+        body=orjson.dumps(doc), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
 
 
 def _oauth_error(request: web.Request, code: str, status: int = 403) -> web.Response:
@@ -374,12 +402,14 @@ async def token_p(request: web.Request) -> web.Response:
         return _oauth_error(request, "EGW00133")
     state.stats.code(request[_ENDPOINT], "issued")
     remaining = max(0, math.ceil(token.expires_wall - state.wall()))
-    return _json({
-        "access_token": token.token,
-        "access_token_token_expired": kst_text(token.expires_wall),
-        "token_type": "Bearer",
-        "expires_in": remaining,
-    })
+    return _json(
+        {
+            "access_token": token.token,
+            "access_token_token_expired": kst_text(token.expires_wall),
+            "token_type": "Bearer",
+            "expires_in": remaining,
+        }
+    )
 
 
 async def revoke_p(request: web.Request) -> web.Response:
@@ -475,9 +505,13 @@ async def volume_rank(request: web.Request) -> web.Response:
     low, high = query["FID_INPUT_PRICE_1"], query["FID_INPUT_PRICE_2"]
     min_vol = query["FID_VOL_CNT"]
     if low or high or min_vol:
-        rows = [r for r in rows
-                if (not low or int(r["stck_prpr"]) >= int(low)) and (not high or int(r["stck_prpr"]) <= int(high))
-                and (not min_vol or int(r["acml_vol"]) >= int(min_vol))]
+        rows = [
+            r
+            for r in rows
+            if (not low or int(r["stck_prpr"]) >= int(low))
+            and (not high or int(r["stck_prpr"]) <= int(high))
+            and (not min_vol or int(r["acml_vol"]) >= int(min_vol))
+        ]
     return _ok(request, rows[:MAX_RANK_ROWS], TR_VOLUME_RANK)
 
 
@@ -510,9 +544,16 @@ async def _account(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
-def create_rest_app(market: Market, clock: Callable[[], int], accepted: Mapping[str, str], faults: RestFaults,
-                    *, labels: Mapping[str, str] | None = None, wall_clock: Callable[[], float] = time.time,
-                    monotonic: Callable[[], float] = time.monotonic) -> web.Application:
+def create_rest_app(
+    market: Market,
+    clock: Callable[[], int],
+    accepted: Mapping[str, str],
+    faults: RestFaults,
+    *,
+    labels: Mapping[str, str] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> web.Application:
     """KIS's REST API over ``market``. ``accepted`` maps app key -> app secret; ``labels`` app key -> its
     non-secret label (used in the stats; a digest of the key otherwise). ``clock`` is the simulated time
     (UTC microseconds); ``wall_clock``/``monotonic`` are injectable for tests."""

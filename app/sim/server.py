@@ -49,8 +49,14 @@ class SimConfig:
 class KisSimulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.market = Market(seed=config.seed, business_date=config.start.date(), n_symbols=config.n_symbols,
-                             surges=config.surges, random_surges=config.random_surges, rate_scale=config.rate_scale)
+        self.market = Market(
+            seed=config.seed,
+            business_date=config.start.date(),
+            n_symbols=config.n_symbols,
+            surges=config.surges,
+            random_surges=config.random_surges,
+            rate_scale=config.rate_scale,
+        )
         self.clock = SimClock(config.start, config.speed)
         self.market.start_at(self.clock.start_us)
         self.ledger = Ledger()
@@ -60,8 +66,15 @@ class KisSimulator:
         self.rest_app = create_rest_app(self.market, self.clock.now_us, accepted, config.rest_faults, labels=labels)
         self.rest_app.router.add_get("/sim/ledger", self._ledger_view)
         self.rest_app.router.add_post("/sim/drop", self._drop_view)
-        self.ws = WsServer(self.market, self.clock, self.ledger, self.rest_app["approval_keys"], labels,
-                           config.limits, config.ws_faults)
+        self.ws = WsServer(
+            self.market,
+            self.clock,
+            self.ledger,
+            self.rest_app["approval_keys"],
+            labels,
+            config.limits,
+            config.ws_faults,
+        )
         self._runner: web.AppRunner | None = None
         self._ws_server: Server | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -82,9 +95,15 @@ class KisSimulator:
         site = web.TCPSite(self._runner, self.config.host, self.config.rest_port)
         await site.start()
         self.rest_port = _bound_port(site)
-        self._ws_server = await serve(self.ws.handler, self.config.host, self.config.ws_port,
-                                      process_request=self.ws.process_request, ping_interval=None,
-                                      compression=None, max_size=2**20)
+        self._ws_server = await serve(
+            self.ws.handler,
+            self.config.host,
+            self.config.ws_port,
+            process_request=self.ws.process_request,
+            ping_interval=None,
+            compression=None,
+            max_size=2**20,
+        )
         self.ws_port = int(next(iter(self._ws_server.sockets)).getsockname()[1])
         self._driver = asyncio.create_task(self._drive(), name="sim-driver")
 

@@ -78,9 +78,16 @@ class Session:
 class WsServer:
     """Serves sessions and delivers the market's trades to whoever registered them."""
 
-    def __init__(self, market: Market, clock: SimClock, ledger: Ledger, approval_keys: Mapping[str, str],
-                 app_key_ids: Mapping[str, str], limits: WsLimits | None = None,
-                 faults: WsFaults | None = None) -> None:
+    def __init__(
+        self,
+        market: Market,
+        clock: SimClock,
+        ledger: Ledger,
+        approval_keys: Mapping[str, str],
+        app_key_ids: Mapping[str, str],
+        limits: WsLimits | None = None,
+        faults: WsFaults | None = None,
+    ) -> None:
         self.market = market
         self.clock = clock
         self.ledger = ledger
@@ -220,8 +227,12 @@ class WsServer:
         label = self.app_key_ids.get(app_key, "unknown")
         if app_key in self.active:
             self.ledger.refused_sessions[label] += 1
-            reply = orjson.dumps({"header": {"tr_id": "(null)", "tr_key": "", "encrypt": "N"},
-                                  "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"}})
+            reply = orjson.dumps(
+                {
+                    "header": {"tr_id": "(null)", "tr_key": "", "encrypt": "N"},
+                    "body": {"rt_cd": "9", "msg_cd": "OPSP8996", "msg1": "ALREADY IN USE appkey"},
+                }
+            )
             try:
                 await session.ws.send(reply.decode())
             finally:
@@ -236,8 +247,9 @@ class WsServer:
         return True
 
     async def _reply(self, session: Session, tr_id: str, tr_key: str, msg_cd: str, with_cipher: bool = False) -> None:
-        text = render_control_reply(tr_id, tr_key, msg_cd, iv=session.iv if with_cipher else None,
-                                    key=session.key if with_cipher else None)
+        text = render_control_reply(
+            tr_id, tr_key, msg_cd, iv=session.iv if with_cipher else None, key=session.key if with_cipher else None
+        )
         await session.ws.send(text)
         if session.ledger is not None:
             session.ledger.replies[msg_cd] += 1
@@ -266,8 +278,12 @@ class WsServer:
         limit = self.limits.max_records_per_frame
         for t in trades:
             last = frames[-1] if frames else None
-            if (last is not None and len(last) < limit and last[0].symbol == t.symbol
-                    and last[0].event_time_us == t.event_time_us):
+            if (
+                last is not None
+                and len(last) < limit
+                and last[0].symbol == t.symbol
+                and last[0].event_time_us == t.event_time_us
+            ):
                 last.append(t)
             else:
                 frames.append([t])
@@ -362,5 +378,13 @@ class WsServer:
         return len(sessions)
 
     def describe(self) -> dict[str, Any]:
-        return {"sessions": [{"session": s.number, "app_key_id": self.app_key_ids.get(s.app_key or "", "unknown"),
-                              "registered": len(s.registered)} for s in self.active.values()]}
+        return {
+            "sessions": [
+                {
+                    "session": s.number,
+                    "app_key_id": self.app_key_ids.get(s.app_key or "", "unknown"),
+                    "registered": len(s.registered),
+                }
+                for s in self.active.values()
+            ]
+        }

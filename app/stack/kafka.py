@@ -110,12 +110,23 @@ class LocalKafka:
         pom_dir.mkdir(parents=True, exist_ok=True)
         (pom_dir / "pom.xml").write_text(POM_TEMPLATE.format(kafka=self.settings.kafka_version, log4j=LOG4J_VERSION))
         if progress:
-            print(f"kafka: resolving Apache Kafka {self.settings.kafka_version} jars with Maven (first time only)...",
-                  flush=True)
+            print(
+                f"kafka: resolving Apache Kafka {self.settings.kafka_version} jars with Maven (first time only)...",
+                flush=True,
+            )
         tmp_lib = self.lib_dir.with_name("lib.partial")
         run_checked(
-            [mvn, "-B", "-q", "-f", str(pom_dir / "pom.xml"), f"-Dmaven.repo.local={self.root / 'm2'}",
-             "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={tmp_lib}"],
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom_dir / "pom.xml"),
+                f"-Dmaven.repo.local={self.root / 'm2'}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={tmp_lib}",
+            ],
             what=f"Maven resolution of Kafka {self.settings.kafka_version}",
             log_file=self.logs_dir / "install.log",
         )
@@ -176,9 +187,20 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         run_checked(
-            ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={self.log4j_file}",
-             f"-Dkafka.logs.dir={self.logs_dir}", "-cp", f"{self.lib_dir}/*",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)],
+            [
+                "java",
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={self.log4j_file}",
+                f"-Dkafka.logs.dir={self.logs_dir}",
+                "-cp",
+                f"{self.lib_dir}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_file),
+            ],
             what="Kafka storage format",
             log_file=self.logs_dir / "format.log",
             timeout=120,
@@ -218,12 +240,26 @@ class LocalKafka:
         heap = s.kafka_heap
         with self.console_log.open("ab") as console:
             proc = subprocess.Popen(
-                ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                 "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-                 f"-Dlog4j2.configurationFile={self.log4j_file}", f"-Dkafka.logs.dir={self.logs_dir}",
-                 "-cp", f"{self.lib_dir}/*", self.MAIN_CLASS, str(self.config_file)],
-                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.root,
+                [
+                    "java",
+                    f"-Xms{heap}",
+                    f"-Xmx{heap}",
+                    "-XX:+UseG1GC",
+                    "-XX:MaxGCPauseMillis=20",
+                    "-XX:+ExitOnOutOfMemoryError",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={self.log4j_file}",
+                    f"-Dkafka.logs.dir={self.logs_dir}",
+                    "-cp",
+                    f"{self.lib_dir}/*",
+                    self.MAIN_CLASS,
+                    str(self.config_file),
+                ],
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.root,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         self.wait_ready(proc.pid, started, proc)
@@ -237,10 +273,11 @@ class LocalKafka:
                 raise StackError(f"kafka exited during start-up: {self._failure_cause()}")
 
         deadline = self.settings.kafka_start_timeout_s - (time.monotonic() - started)
-        if not wait_until(lambda: port_open(self.settings.kafka_host, self.settings.kafka_port), deadline,
-                          abort=died):
-            raise StackError(f"kafka did not open its port within {self.settings.kafka_start_timeout_s:.0f} s; "
-                             f"see {self.logs_dir / 'server.log'}")
+        if not wait_until(lambda: port_open(self.settings.kafka_host, self.settings.kafka_port), deadline, abort=died):
+            raise StackError(
+                f"kafka did not open its port within {self.settings.kafka_start_timeout_s:.0f} s; "
+                f"see {self.logs_dir / 'server.log'}"
+            )
         deadline = self.settings.kafka_start_timeout_s - (time.monotonic() - started)
         if not wait_until(self.serves_metadata, max(deadline, 5), interval_s=0.5, abort=died):
             raise StackError(f"kafka opened its port but serves no metadata; see {self.logs_dir / 'server.log'}")
@@ -249,8 +286,10 @@ class LocalKafka:
         lines = tail(self.logs_dir / "server.log", 200) + tail(self.console_log, 50)
         for pattern, cause in (
             (r"Address already in use", "a port is already in use; set OBSERVER_KAFKA_PORT to a free one"),
-            (r"(Invalid cluster.id|does not match|Inconsistent)", "the data directory belongs to another cluster; "
-             "remove .local/kafka/data to start fresh"),
+            (
+                r"(Invalid cluster.id|does not match|Inconsistent)",
+                "the data directory belongs to another cluster; remove .local/kafka/data to start fresh",
+            ),
             (r"OutOfMemoryError", "out of heap; raise OBSERVER_KAFKA_HEAP"),
         ):
             for line in reversed(lines):
@@ -283,15 +322,19 @@ class LocalKafka:
             return ServiceStatus("kafka", False, detail)
         ready = self.serves_metadata()
         state = "serving metadata" if ready else "NOT serving metadata"
-        return ServiceStatus("kafka", ready, f"Kafka {s.kafka_version} KRaft on {s.bootstrap_servers}, {state}",
-                             pid=pid, rss_bytes=rss_bytes(pid))
+        return ServiceStatus(
+            "kafka",
+            ready,
+            f"Kafka {s.kafka_version} KRaft on {s.bootstrap_servers}, {state}",
+            pid=pid,
+            rss_bytes=rss_bytes(pid),
+        )
 
 
 async def _metadata_ok(bootstrap: str) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient  # local: keeps CLI start-up light
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
-                                connections_max_idle_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, connections_max_idle_ms=10000)
     try:
         await asyncio.wait_for(admin.start(), timeout=5)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
@@ -306,5 +349,13 @@ def kafka_tool_command(settings: Settings, main_class: str, *args: str) -> list[
     """A command line for one of Kafka's own CLI classes (e.g. ConsumerGroupCommand) on our jars."""
     lib = settings.home / "kafka" / settings.kafka_version / "lib"
     log4j = settings.home / "kafka" / "log4j2.properties"
-    return ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}",
-            f"-Dkafka.logs.dir={settings.home / 'kafka' / 'logs'}", "-cp", f"{lib}/*", main_class, *args]
+    return [
+        "java",
+        "-Xmx256m",
+        f"-Dlog4j2.configurationFile={log4j}",
+        f"-Dkafka.logs.dir={settings.home / 'kafka' / 'logs'}",
+        "-cp",
+        f"{lib}/*",
+        main_class,
+        *args,
+    ]

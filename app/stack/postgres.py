@@ -48,18 +48,25 @@ class LocalPostgres:
             return False
         apt = shutil.which("apt-get")
         if apt is None:
-            raise StackError(f"PostgreSQL 15 server not found in {self.bin} and apt-get is unavailable; "
-                             f"install {DEBIAN_PACKAGE} or set OBSERVER_PG_BIN_DIR")
+            raise StackError(
+                f"PostgreSQL 15 server not found in {self.bin} and apt-get is unavailable; "
+                f"install {DEBIAN_PACKAGE} or set OBSERVER_PG_BIN_DIR"
+            )
         if os.geteuid() != 0:
-            raise StackError(f"PostgreSQL 15 server not found in {self.bin}; run as root once "
-                             f"(sudo apt-get install -y {DEBIAN_PACKAGE}) or set OBSERVER_PG_BIN_DIR")
+            raise StackError(
+                f"PostgreSQL 15 server not found in {self.bin}; run as root once "
+                f"(sudo apt-get install -y {DEBIAN_PACKAGE}) or set OBSERVER_PG_BIN_DIR"
+            )
         if progress:
             print(f"postgres: installing {DEBIAN_PACKAGE} from Debian packages (first time only)...", flush=True)
         log = self.root / "log" / "install.log"
         env_cmd = ["env", "DEBIAN_FRONTEND=noninteractive"]
         run_checked([*env_cmd, apt, "-q", "update"], what="apt-get update", log_file=log)
-        run_checked([*env_cmd, apt, "-q", "install", "-y", "--no-install-recommends", DEBIAN_PACKAGE],
-                    what=f"apt-get install {DEBIAN_PACKAGE}", log_file=log)
+        run_checked(
+            [*env_cmd, apt, "-q", "install", "-y", "--no-install-recommends", DEBIAN_PACKAGE],
+            what=f"apt-get install {DEBIAN_PACKAGE}",
+            log_file=log,
+        )
         if not self.installed():
             raise StackError(f"{DEBIAN_PACKAGE} installed but {self.bin}/initdb is missing; set OBSERVER_PG_BIN_DIR")
         return True
@@ -73,8 +80,9 @@ class LocalPostgres:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            raise StackError("running as root but the 'postgres' system user does not exist; "
-                             f"reinstall {DEBIAN_PACKAGE}") from None
+            raise StackError(
+                f"running as root but the 'postgres' system user does not exist; reinstall {DEBIAN_PACKAGE}"
+            ) from None
         return "postgres"
 
     def _as_server_user(self, args: list[str]) -> list[str]:
@@ -95,9 +103,23 @@ class LocalPostgres:
             self._chown(d)
         self.data_dir.chmod(0o700)
         run_checked(
-            self._as_server_user([str(self.bin / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-E", "UTF8",
-                                  "--locale=C.UTF-8", "-U", "postgres"]),
-            what="initdb", log_file=self.root / "initdb.log", timeout=120,
+            self._as_server_user(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "-U",
+                    "postgres",
+                ]
+            ),
+            what="initdb",
+            log_file=self.root / "initdb.log",
+            timeout=120,
         )
 
     def pid(self) -> int | None:
@@ -113,8 +135,10 @@ class LocalPostgres:
             self._ensure_database()
             return f"postgres: already running (pid {pid}) on {s.pg_host}:{s.pg_port}"
         if port_open(s.pg_host, s.pg_port):
-            raise StackError(f"port {s.pg_host}:{s.pg_port} is in use by another process; stop it or set "
-                             f"OBSERVER_PG_PORT to a free port")
+            raise StackError(
+                f"port {s.pg_host}:{s.pg_port} is in use by another process; stop it or set "
+                f"OBSERVER_PG_PORT to a free port"
+            )
         self.install()
         self._initdb_once()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +147,23 @@ class LocalPostgres:
         opts = f"-p {s.pg_port} -k {self.socket_dir} -c listen_addresses={s.pg_host}"
         try:
             run_checked(
-                self._as_server_user([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                                      "-w", "-t", "60", "-o", opts, "start"]),
-                what="pg_ctl start", timeout=90,
+                self._as_server_user(
+                    [
+                        str(self.bin / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_file),
+                        "-w",
+                        "-t",
+                        "60",
+                        "-o",
+                        opts,
+                        "start",
+                    ]
+                ),
+                what="pg_ctl start",
+                timeout=90,
             )
         except StackError as exc:
             last = tail(self.log_file, 5)
@@ -139,20 +177,29 @@ class LocalPostgres:
         from psycopg import sql
 
         s = self.settings
-        with psycopg.connect(host=s.pg_host, port=s.pg_port, dbname="postgres", user="postgres",
-                             autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(
+            host=s.pg_host, port=s.pg_port, dbname="postgres", user="postgres", autocommit=True, connect_timeout=10
+        ) as conn:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.pg_user,)).fetchone() is None:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(s.pg_user)))
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.pg_database,)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(s.pg_database), sql.Identifier(s.pg_user)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(s.pg_database), sql.Identifier(s.pg_user)
+                    )
+                )
 
     def stop(self) -> str:
         pid = self.pid()
         if pid is None:
             return "postgres: not running"
-        run_checked(self._as_server_user([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                                          "-t", "60", "stop"]), what="pg_ctl stop", timeout=90)
+        run_checked(
+            self._as_server_user(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop"]
+            ),
+            what="pg_ctl stop",
+            timeout=90,
+        )
         return f"postgres: stopped (pid {pid})"
 
     def status(self) -> ServiceStatus:
@@ -160,8 +207,17 @@ class LocalPostgres:
         pid = self.pid()
         if pid is None:
             return ServiceStatus("postgres", False, "not running")
-        ready = subprocess.run([str(self.bin / "pg_isready"), "-h", s.pg_host, "-p", str(s.pg_port)],
-                               capture_output=True, check=False).returncode == 0
+        ready = (
+            subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", s.pg_host, "-p", str(s.pg_port)], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
         state = "accepting connections" if ready else "NOT accepting connections"
-        return ServiceStatus("postgres", ready, f"PostgreSQL 15 on {s.pg_host}:{s.pg_port} db {s.pg_database}, {state}",
-                             pid=pid, rss_bytes=rss_bytes(pid))
+        return ServiceStatus(
+            "postgres",
+            ready,
+            f"PostgreSQL 15 on {s.pg_host}:{s.pg_port} db {s.pg_database}, {state}",
+            pid=pid,
+            rss_bytes=rss_bytes(pid),
+        )
