@@ -150,8 +150,9 @@ def topics_list() -> None:
 
     for spec in load_topics().values():
         retention = "forever" if spec.retention_ms == -1 else f"{spec.retention_ms / 86_400_000:g} d"
-        click.echo(f"{spec.name:<20} {spec.partitions:>3} partitions  {retention:>8}  "
-                   f"key={spec.key!r} value={spec.value}")
+        click.echo(
+            f"{spec.name:<20} {spec.partitions:>3} partitions  {retention:>8}  key={spec.key!r} value={spec.value}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- kis
@@ -204,8 +205,14 @@ def kis_decode(source: Any) -> None:
 @click.option("--rate-scale", default=1.0, show_default=True, type=float, help="Multiply every trade rate.")
 @click.option("--rest-port", default=None, type=int, help="REST port (default OBSERVER_SIM_REST_PORT).")
 @click.option("--ws-port", default=None, type=int, help="WebSocket port (default OBSERVER_SIM_WS_PORT).")
-@click.option("--app-key-id", "app_key_ids", multiple=True, default=("main",), show_default=True,
-              help="Labels of the app keys the simulator accepts (one WebSocket session each).")
+@click.option(
+    "--app-key-id",
+    "app_key_ids",
+    multiple=True,
+    default=("main",),
+    show_default=True,
+    help="Labels of the app keys the simulator accepts (one WebSocket session each).",
+)
 @click.option("--drop-every", default=0.0, type=float, help="Cut each session after this many wall seconds.")
 @click.option("--malformed-rate", default=0.0, type=float, help="Chance per data frame of an extra garbled frame.")
 @click.option("--wrong-field-rate", default=0.0, type=float, help="Chance per frame of an extra 45-field frame.")
@@ -217,11 +224,31 @@ def kis_decode(source: Any) -> None:
 @click.option("--pingpong-interval", default=100.0, show_default=True, type=float, help="PINGPONG every N wall s.")
 @click.option("--progress-every", default=10.0, show_default=True, type=float, help="Progress line every N s.")
 @click.pass_context
-def sim(ctx: click.Context, seed: int, date_: str, start: str, until: str | None, speed: float, symbols: int,
-        surges: tuple[str, ...], random_surges: int, rate_scale: float, rest_port: int | None,
-        ws_port: int | None, app_key_ids: tuple[str, ...], drop_every: float, malformed_rate: float,
-        wrong_field_rate: float, unknown_tr_rate: float, record_width: int, reply_delay_ms: int,
-        rest_error_rate: float, rest_slow_ms: int, pingpong_interval: float, progress_every: float) -> None:
+def sim(
+    ctx: click.Context,
+    seed: int,
+    date_: str,
+    start: str,
+    until: str | None,
+    speed: float,
+    symbols: int,
+    surges: tuple[str, ...],
+    random_surges: int,
+    rate_scale: float,
+    rest_port: int | None,
+    ws_port: int | None,
+    app_key_ids: tuple[str, ...],
+    drop_every: float,
+    malformed_rate: float,
+    wrong_field_rate: float,
+    unknown_tr_rate: float,
+    record_width: int,
+    reply_delay_ms: int,
+    rest_error_rate: float,
+    rest_slow_ms: int,
+    pingpong_interval: float,
+    progress_every: float,
+) -> None:
     """A fake KIS on 127.0.0.1: REST (approval, token, volume rank, price) and the real-time WebSocket.
 
     It speaks the exact KIS protocol (replies, error codes, 41 registrations, one session per app key,
@@ -244,13 +271,26 @@ def sim(ctx: click.Context, seed: int, date_: str, start: str, until: str | None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     config = SimConfig(
-        seed=seed, start=start_at, speed=speed, n_symbols=symbols, surges=surge_specs, random_surges=random_surges,
-        rate_scale=rate_scale, rest_port=s.sim_rest_port if rest_port is None else rest_port,
-        ws_port=s.sim_ws_port if ws_port is None else ws_port, app_key_ids=app_key_ids,
+        seed=seed,
+        start=start_at,
+        speed=speed,
+        n_symbols=symbols,
+        surges=surge_specs,
+        random_surges=random_surges,
+        rate_scale=rate_scale,
+        rest_port=s.sim_rest_port if rest_port is None else rest_port,
+        ws_port=s.sim_ws_port if ws_port is None else ws_port,
+        app_key_ids=app_key_ids,
         limits=WsLimits(pingpong_interval_s=pingpong_interval),
-        ws_faults=WsFaults(drop_every_s=drop_every, malformed_rate=malformed_rate,
-                           wrong_field_count_rate=wrong_field_rate, unknown_tr_rate=unknown_tr_rate,
-                           reply_delay_ms=reply_delay_ms, record_width=record_width, seed=seed),
+        ws_faults=WsFaults(
+            drop_every_s=drop_every,
+            malformed_rate=malformed_rate,
+            wrong_field_count_rate=wrong_field_rate,
+            unknown_tr_rate=unknown_tr_rate,
+            reply_delay_ms=reply_delay_ms,
+            record_width=record_width,
+            seed=seed,
+        ),
         rest_faults=RestFaults(error_rate=rest_error_rate, slow_ms=rest_slow_ms, seed=seed),
     )
     try:
@@ -258,9 +298,45 @@ def sim(ctx: click.Context, seed: int, date_: str, start: str, until: str | None
     except ValueError as exc:  # the market refuses the configuration (e.g. a surge on an unknown symbol)
         raise click.BadParameter(str(exc)) from None
     except OSError as exc:
-        click.echo(f"error: simulator cannot listen on {config.host}: {exc.strerror or exc}; choose other ports "
-                   "with --rest-port/--ws-port", err=True)
+        click.echo(
+            f"error: simulator cannot listen on {config.host}: {exc.strerror or exc}; choose other ports "
+            "with --rest-port/--ws-port",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------ bridge
+
+
+@cli.command()
+@click.option("--app-key-id", default=None, help="Which app key (default OBSERVER_BRIDGE_APP_KEY_ID).")
+@click.option("--metrics-port", default=None, type=int, help="Prometheus port on 127.0.0.1 (0: none).")
+@click.pass_context
+def bridge(ctx: click.Context, app_key_id: str | None, metrics_port: int | None) -> None:
+    """KIS WebSocket to Kafka for one app key: every trade record to kis.ticks.raw, nothing lost.
+
+    Subscribes what slot.decisions assigns to the app key (read back from Kafka at start), answers
+    PINGPONG, publishes one RawTick per trade record (key: symbol, timestamp: trade time), every KIS reply
+    to kis.subscriptions and anything unreadable to kis.dlq with the reason. While the broker is away,
+    records wait in a bounded journal under OBSERVER_HOME and go out in order when it is back.
+    Reconnects with backoff; SIGTERM flushes and prints a one-line summary of the counts.
+    """
+    import logging
+
+    from app.bridge.main import run_bridge
+    from app.config import ConfigError
+
+    s = _settings(ctx)
+    if app_key_id:
+        s = s.model_copy(update={"bridge_app_key_id": app_key_id})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run = asyncio.run(run_bridge(s, metrics_port=metrics_port))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(run.bridge.summary())
 
 
 # ------------------------------------------------------------------------------------------- smoke

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     sim_rest_port: int = Field(default=18443, ge=0, le=65535)
     sim_ws_port: int = Field(default=18000, ge=0, le=65535)
 
+    # The bridge (one process per KIS app key).
+    bridge_app_key_id: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    bridge_metrics_port: int = Field(default=19101, ge=0, le=65535)
+    bridge_journal_max_bytes: int = Field(default=2 * 2**30, gt=0)
+    bridge_watchdog_s: float = Field(default=60.0, gt=0)
+    bridge_watchdog_always: bool = False
+    kis_rest_requests_per_second: float = Field(default=10.0, gt=0)
+
     # Topic names are prefixed for isolation (tests use a prefix per test).
     topic_prefix: str = ""
 

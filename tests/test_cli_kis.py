@@ -8,29 +8,21 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
+from procs import OBSERVER, free_port, read_line
 from websockets.asyncio.client import connect
 
 from app.kis.credentials import simulator_credentials
 from app.kis.protocol import H0STCNT0_FIELDS, render_control_reply, render_data_frame, render_pingpong
 
-OBSERVER = [sys.executable, "-m", "app.cli"]
 SAMPLE = (
     "005930^112616^62700^2^400^0.64^62700.41^62700^63000^62300^62700^62600^125^9694968^607878273600^25807^"
     "15918^-9889^93.01^4614191^4291558^1^0.45^63.03^090013^3^0^090646^5^-300^100741^2^400^20230324^20^N^"
     "71292^244009^2795345^2044512^0.16^5367918^180.61^0^^62700"
 )
 RECORD = SAMPLE.split("^")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_decode_names_every_field_reports_bad_lines_and_goes_on(tmp_path: Path) -> None:
@@ -83,19 +75,6 @@ def test_decode_reads_stdin_and_exits_zero_when_all_is_well() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["symbol"] == "005930"
-
-
-def read_line(proc: subprocess.Popen[str], needle: str, deadline_s: float = 30) -> str:
-    """Read the process's stdout until a line contains ``needle`` (bounded by a deadline)."""
-    assert proc.stdout is not None
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no line with {needle!r}; exit {proc.poll()}, stderr: {proc.stderr and proc.stderr.read()}")
 
 
 def test_sim_serves_the_protocol_and_stops_at_until_with_a_summary() -> None:

@@ -50,6 +50,7 @@ class Ledger:
     # the symbol again: the only trades a client may legitimately miss.
     missed_while_unregistered: dict[str, Counter[str]] = field(default_factory=dict)
     refused_sessions: Counter[str] = field(default_factory=Counter)
+    withheld_by_stall: Counter[str] = field(default_factory=Counter)  # trades the stall fault kept back
     drops: int = 0
     trades_generated: int = 0
     sim_time_us: int = 0
@@ -80,6 +81,7 @@ class Ledger:
             "missed_while_unregistered": sum(missed.values()),
             "drops": self.drops,
             "refused_sessions": dict(self.refused_sessions),
+            "withheld_by_stall": sum(self.withheld_by_stall.values()),
             "trades_generated": self.trades_generated,
         }
 

@@ -45,6 +45,7 @@ class WsFaults:
     wrong_field_count_rate: float = 0.0  # per data frame: chance of an extra frame with 45-field records
     unknown_tr_rate: float = 0.0  # per data frame: chance of an extra frame of an unknown TR id
     reply_delay_ms: int = 0  # slow subscribe/unsubscribe replies
+    stall_after_s: float = 0.0  # wall seconds after which a session gets no more data (stays open); 0 = never
     record_width: int = 46  # 47 appends a trailing field, as some 2026 client reports describe
     seed: int = 0
 
@@ -261,11 +262,15 @@ class WsServer:
         if not trades:
             return
         self._count_gaps(trades)
+        stall_after = self.faults.stall_after_s
         for session in list(self.active.values()):
             symbols = session.trade_symbols()
             if not symbols or session.closing:
                 continue
             mine = [t for t in trades if t.symbol in symbols]
+            if stall_after and time.monotonic() - session.opened >= stall_after:
+                self.ledger.withheld_by_stall.update(t.symbol for t in mine)  # a stale feed: open but silent
+                continue
             for frame_trades in self._frames(mine):
                 if session.closing:
                     self._count_missed(session, frame_trades)

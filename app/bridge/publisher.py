@@ -1,0 +1,363 @@
+"""Getting every record into Kafka: direct while the broker acknowledges, spilled to disk while it does not.
+
+Two modes, one event loop, so a mode switch never races a submit:
+
+- DIRECT: records go to an idempotent ``acks=all`` producer in order. aiokafka retries a failed request
+  itself, deduplicated by the broker through the producer id and sequence numbers.
+- SPILL: entered when the oldest unacknowledged record is older than ``stall_s``, when the producer
+  cannot take a record, or when a send fails for good. New records are appended to the bounded on-disk
+  journal; records the producer already holds stay with it until acked or failed (failed ones are
+  journaled, never dropped). Once nothing is in flight, the journal is published oldest first, and
+  each batch is committed only after every record of it was acked. When it is empty: DIRECT again.
+
+A full journal pauses ingest (``wait_capacity``) with a loud log line and a metric rather than
+dropping anything. ``submit`` never blocks, so the WebSocket reader keeps answering PINGPONG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from app.bridge.journal import Journal, JournalFull, JournalRecord
+from app.bridge.metrics import BridgeMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Mode(StrEnum):
+    DIRECT = "direct"
+    SPILL = "spill"
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    bootstrap_servers: str
+    stall_s: float = 3.0  # an unacked record this old means the broker is not keeping up: spill
+    max_in_flight: int = 50_000  # records the producer may hold unacked
+    linger_ms: int = 5
+    max_batch_bytes: int = 512 * 1024
+    request_timeout_ms: int = 30_000
+    drain_batch: int = 2_000
+    spill_flush_s: float = 0.01  # journal appends are batched this long (the same exposure as the queue)
+    retry_backoff_s: tuple[float, float] = (0.2, 5.0)
+
+
+class Publisher:
+    def __init__(self, config: PublisherConfig, journal: Journal, metrics: BridgeMetrics) -> None:
+        self.config = config
+        self.journal = journal
+        self.metrics = metrics
+        self.mode = Mode.SPILL if len(journal) else Mode.DIRECT  # leftovers of a previous run go first
+        self._producer: Any = None
+        self._queue: deque[JournalRecord] = deque()
+        self._spill_buffer: list[JournalRecord] = []
+        self._in_flight: dict[int, JournalRecord] = {}  # id -> record, insertion = send order
+        self._sent_at: dict[int, float] = {}
+        self._next_id = 0
+        self._head_acked: set[int] = set()  # journal records (index from the head) acked but not yet committed
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.published_total = 0
+        self.submitted_total = 0
+        self.journaled_total = 0
+        self.errors_total = 0
+        self._update_journal_gauges()
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if not await self._ensure_producer():
+            self._enter_spill("broker unreachable at start")
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="publisher-pump"),
+            asyncio.create_task(self._drain_loop(), name="publisher-drain"),
+        ]
+
+    async def _ensure_producer(self) -> bool:
+        if self._producer is not None:
+            return True
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.config.linger_ms,
+            max_batch_size=self.config.max_batch_bytes,
+            request_timeout_ms=self.config.request_timeout_ms,
+            max_request_size=4 * 2**20,
+        )
+        try:
+            await producer.start()
+        except Exception as exc:  # noqa: BLE001 - any start failure means "no broker yet"; we retry
+            self.metrics.publish_errors.labels("producer_start").inc()
+            log.warning("kafka producer cannot start (%s: %s); records go to the journal", type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            return False
+        self._producer = producer
+        return True
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Publish what can be published within the timeout; whatever is left stays in the journal."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Anything not acked by now is kept on disk for the next start.
+        leftovers = list(self._in_flight.values()) + list(self._queue) + self._spill_buffer
+        self._in_flight.clear()
+        self._queue.clear()
+        self._spill_buffer = []
+        if leftovers:
+            self._journal_append(leftovers)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        self.journal.sync()
+        self._update_journal_gauges()
+
+    # ------------------------------------------------------------------------------------- submit
+
+    def submit(self, records: Sequence[JournalRecord]) -> None:
+        """Take records for publishing. Never blocks; callers honour ``wait_capacity`` between frames."""
+        self.submitted_total += len(records)
+        self._idle.clear()
+        if self.mode is Mode.DIRECT:
+            self._queue.extend(records)
+        else:
+            self._spill_buffer.extend(records)
+        self._wake.set()
+
+    async def wait_capacity(self) -> None:
+        """Pause the caller while the journal is full (nothing is dropped; the loss, if any, is upstream)."""
+        await self._capacity.wait()
+
+    async def flush(self) -> None:
+        """Wait until every submitted record is acked (the journal included)."""
+        while True:
+            if self._is_idle():
+                return
+            self._idle.clear()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.5)
+
+    def _is_idle(self) -> bool:
+        return not (self._queue or self._spill_buffer or self._in_flight or len(self.journal))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # -------------------------------------------------------------------------------------- direct
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.mode is Mode.DIRECT:
+                await self._send_queue()
+            if self._spill_buffer:
+                self._flush_spill_buffer()
+            if self._is_idle():
+                self._idle.set()
+
+    async def _send_queue(self) -> None:
+        producer = self._producer
+        while self._queue and self.mode is Mode.DIRECT:
+            if self._stalled():
+                self._enter_spill("broker not acknowledging")
+                return
+            record = self._queue[0]
+            try:
+                future = await asyncio.wait_for(
+                    producer.send(record.topic, record.value, key=record.key, timestamp_ms=record.timestamp_ms),
+                    timeout=self.config.stall_s,
+                )
+            except Exception as exc:  # noqa: BLE001 - the record stays queued and moves to the journal
+                self.errors_total += 1
+                self.metrics.publish_errors.labels(type(exc).__name__).inc()
+                log.warning(
+                    "send of a %s record failed (%s: %s); spilling to the journal",
+                    record.topic,
+                    type(exc).__name__,
+                    exc,
+                )
+                self._enter_spill("send failed")
+                return
+            self._queue.popleft()
+            self._track(record, future)
+            if len(self._in_flight) >= self.config.max_in_flight:
+                await self._wait_in_flight_below(self.config.max_in_flight // 2)
+
+    def _track(self, record: JournalRecord, future: asyncio.Future[Any]) -> None:
+        ident = self._next_id
+        self._next_id += 1
+        self._in_flight[ident] = record
+        self._sent_at[ident] = time.monotonic()
+        self.metrics.in_flight.set(len(self._in_flight))
+        future.add_done_callback(lambda f: self._on_done(ident, f))
+
+    def _on_done(self, ident: int, future: asyncio.Future[Any]) -> None:
+        record = self._in_flight.pop(ident, None)
+        self._sent_at.pop(ident, None)
+        self.metrics.in_flight.set(len(self._in_flight))
+        if record is None:  # already moved to the journal by stop()
+            return
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled() or exc is not None:
+            self.errors_total += 1
+            kind = "cancelled" if future.cancelled() else type(exc).__name__
+            self.metrics.publish_errors.labels(kind).inc()
+            log.warning("a %s record was not acknowledged (%s); it is kept in the journal", record.topic, kind)
+            self._spill_buffer.append(record)
+            self._enter_spill("send failed")
+        else:
+            self._acked(record)
+        if not self._in_flight:
+            self._wake.set()
+
+    def _acked(self, record: JournalRecord) -> None:
+        self.published_total += 1
+        self.metrics.published.labels(record.topic).inc()
+        self.metrics.ack_latency.observe(max(0.0, time.time() - record.received_at_us / 1e6))
+
+    def _stalled(self) -> bool:
+        if not self._sent_at:
+            return False
+        oldest = next(iter(self._sent_at.values()))
+        return time.monotonic() - oldest > self.config.stall_s
+
+    async def _wait_in_flight_below(self, limit: int) -> None:
+        while len(self._in_flight) > limit and not self._stalled():
+            await asyncio.sleep(0.001)
+
+    # --------------------------------------------------------------------------------------- spill
+
+    def _enter_spill(self, why: str) -> None:
+        if self.mode is Mode.SPILL:
+            return
+        log.error("kafka publishing degraded (%s): records go to the local journal until the broker is back", why)
+        self.mode = Mode.SPILL
+        # Queue order is kept: what was not handed to the producer goes to the journal first.
+        self._spill_buffer[:0] = list(self._queue)
+        self._queue.clear()
+        self._wake.set()
+
+    def _flush_spill_buffer(self) -> None:
+        if not self._spill_buffer:
+            return
+        batch, self._spill_buffer = self._spill_buffer, []
+        self._journal_append(batch)
+
+    def _journal_append(self, batch: list[JournalRecord]) -> None:
+        try:
+            self.journal.append(batch)
+        except JournalFull as exc:
+            self.metrics.journal_full.inc()
+            log.error("JOURNAL FULL, ingest paused, nothing dropped: %s", exc)
+            self._spill_buffer[:0] = batch
+            self._capacity.clear()
+            return
+        self.journaled_total += len(batch)
+        self.metrics.journaled.inc(len(batch))
+        self._update_journal_gauges()
+
+    def _update_journal_gauges(self) -> None:
+        self.metrics.journal_records.set(self.journal.pending_records)
+        self.metrics.journal_bytes.set(self.journal.pending_bytes)
+
+    async def _drain_loop(self) -> None:
+        low, high = self.config.retry_backoff_s
+        backoff = low
+        while True:
+            if self.mode is Mode.DIRECT:
+                await asyncio.sleep(self.config.spill_flush_s)
+                continue
+            self._flush_spill_buffer()
+            if self._in_flight:  # what the producer holds is older than the journal: let it finish first
+                await asyncio.sleep(self.config.spill_flush_s)
+                continue
+            if not await self._ensure_producer():
+                await asyncio.sleep(backoff)
+                backoff = min(high, backoff * 2)
+                continue
+            records, position = self.journal.peek(self.config.drain_batch)
+            if not records:
+                if not self._spill_buffer:
+                    log.warning("journal drained: publishing directly again")
+                    self.mode = Mode.DIRECT
+                    self._capacity.set()
+                    self._wake.set()
+                continue
+            if await self._publish_batch(records):
+                self.journal.commit(position)
+                self._update_journal_gauges()
+                self._capacity.set()
+                backoff = low
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(high, backoff * 2)
+
+    async def _publish_batch(self, records: list[JournalRecord]) -> bool:
+        """Publish the journal's oldest records; True once every one of them is acked.
+
+        ``_head_acked`` remembers which of them (by index from the journal head) the broker already took,
+        so a retry after a partial failure sends only the rest: a fresh producer after a failure has a new
+        producer id, and the broker could not tell a resent record from a new one.
+        """
+        producer = self._producer
+        todo = [(i, r) for i, r in enumerate(records) if i not in self._head_acked]
+        futures: list[asyncio.Future[Any]] = []
+        send_error: BaseException | None = None
+        try:
+            for _, r in todo:
+                futures.append(await producer.send(r.topic, r.value, key=r.key, timestamp_ms=r.timestamp_ms))
+        except Exception as exc:  # noqa: BLE001 - the unsent rest stays in the journal and is tried again
+            send_error = exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures: list[BaseException] = [send_error] if send_error is not None else []
+        for (index, record), result in zip(todo, results, strict=False):
+            if isinstance(result, BaseException):
+                failures.append(result)
+            else:
+                self._head_acked.add(index)
+                self._acked(record)
+        if failures or len(futures) < len(todo):
+            self.errors_total += len(failures)
+            for failure in failures:
+                self.metrics.publish_errors.labels(type(failure).__name__).inc()
+            log.warning(
+                "journal batch of %d: %d acked, %d not (%s: %s); retrying those",
+                len(records),
+                len(self._head_acked),
+                len(records) - len(self._head_acked),
+                type(failures[0]).__name__,
+                failures[0],
+            )
+            await self._reset_producer()
+            return False
+        self._head_acked.clear()
+        return True
+
+    async def _reset_producer(self) -> None:
+        """After a failed batch the producer's sequence state is suspect: start a fresh one."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()

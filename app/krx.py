@@ -1,0 +1,36 @@
+"""KRX trading calendar and session times (Asia/Seoul), from exchange-calendars' XKRX.
+
+Sessions: pre-open call auction 08:30-09:00, continuous trading 09:00-15:20, closing call auction
+15:20-15:30. Holidays and shortened days come from the calendar, never from a hand-kept list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+KST = ZoneInfo("Asia/Seoul")
+PRE_OPEN = dt.time(8, 30)
+CONTINUOUS_OPEN = dt.time(9, 0)
+CONTINUOUS_CLOSE = dt.time(15, 20)
+CLOSE = dt.time(15, 30)
+
+
+@lru_cache(maxsize=1)
+def _calendar() -> object:
+    import exchange_calendars  # slow import (pandas): only when first needed
+
+    return exchange_calendars.get_calendar("XKRX")
+
+
+@lru_cache(maxsize=512)
+def is_trading_day(day: dt.date) -> bool:
+    cal = _calendar()
+    return bool(cal.is_session(day.isoformat()))  # type: ignore[attr-defined]
+
+
+def is_continuous_trading(instant: dt.datetime) -> bool:
+    """True during 09:00-15:20 KST on a KRX trading day."""
+    local = instant.astimezone(KST)
+    return is_trading_day(local.date()) and CONTINUOUS_OPEN <= local.time() < CONTINUOUS_CLOSE

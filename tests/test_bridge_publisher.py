@@ -1,0 +1,77 @@
+"""The publisher against the real broker: a journal drained after a partial failure sends nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from app.bridge.journal import Journal, JournalRecord
+from app.bridge.metrics import BridgeMetrics
+from app.bridge.publisher import Mode, Publisher, PublisherConfig
+from app.config import Settings
+from app.topics import apply_topics, load_topics
+
+
+async def read_all(settings: Settings, topic: str, expected: int, deadline_s: float = 30) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    try:
+        while len(out) < expected and loop.time() < end:
+            batch = await consumer.getmany(timeout_ms=500)
+            out.extend(r.value for rs in batch.values() for r in rs if r.value is not None)
+        # Anything beyond ``expected`` would be a duplicate: read on until the topic is quiet.
+        while batch := await consumer.getmany(timeout_ms=1000):
+            out.extend(r.value for rs in batch.values() for r in rs if r.value is not None)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_a_partly_failed_journal_batch_is_retried_without_duplicates(isolated: Settings, tmp_path: Path) -> None:
+    """Records for a topic that does not exist yet fail; the ones around them are acked once, not per retry."""
+    catalogue = load_topics()
+    ticks, late = isolated.topic("kis.ticks.raw"), isolated.topic("kis.dlq")
+
+    async def scenario() -> None:
+        await apply_topics(isolated, {k: v for k, v in catalogue.items() if k != "kis.dlq"})
+        journal = Journal(tmp_path / "journal", max_bytes=2**24)
+        records = [
+            JournalRecord(
+                late if i % 10 == 5 else ticks, b"005930", f"record-{i:04d}".encode(), 1_700_000_000_000 + i, i
+            )
+            for i in range(300)
+        ]
+        journal.append(records)
+        metrics = BridgeMetrics()
+        publisher = Publisher(
+            PublisherConfig(isolated.bootstrap_servers, request_timeout_ms=1500, drain_batch=500), journal, metrics
+        )
+        assert publisher.mode is Mode.SPILL, "leftovers of a previous run are published first"
+        await publisher.start()
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 60
+            while publisher.errors_total < 2:  # at least two attempts failed on the missing topic
+                assert loop.time() < end, "the missing topic made the drain fail"
+                await asyncio.sleep(0.05)
+            assert len(journal) == 300, "nothing committed while part of the batch is unacked"
+            await apply_topics(isolated, catalogue)
+            await asyncio.wait_for(publisher.flush(), 60)
+        finally:
+            await publisher.stop()
+            journal.close()
+        got_ticks = await read_all(isolated, ticks, 270)
+        got_late = await read_all(isolated, late, 30)
+        assert sorted(got_ticks) == sorted(r.value for r in records if r.topic == ticks), "each tick exactly once"
+        assert got_ticks == [r.value for r in records if r.topic == ticks], "in journal order"
+        assert sorted(got_late) == sorted(r.value for r in records if r.topic == late)
+        assert publisher.published_total == 300 and publisher.mode is Mode.DIRECT
+
+    asyncio.run(scenario())
