@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.kis.credentials import simulator_credentials
 from app.sim.clock import KST
-from app.sim.market import SurgeSpec
+from app.sim.market import SurgeSpec, Trade
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults, WsLimits
 
@@ -379,5 +379,35 @@ def test_drop_fault_cuts_the_connection_and_a_new_session_starts_clean() -> None
             assert doc["totals"]["drops"] >= 1
             assert doc["sessions"][0]["close_reason"] == "fault_drop"
             assert doc["totals"]["missed_while_unregistered"] > 0, "trades made between sessions are on the ledger"
+
+    asyncio.run(scenario())
+
+
+def test_flood_sends_only_registered_symbols_and_the_ledger_counts_them() -> None:
+    async def scenario() -> None:
+        pre_open = dt.datetime(2026, 11, 20, 8, 0, tzinfo=KST)  # no trades of the market's own
+        async with running_sim(start=pre_open) as sim:
+            wanted = [s.code for s in sim.market.symbols[:2]]
+            other = sim.market.symbols[2].code
+            key = await approval_key(sim)
+            async with connect(sim.ws_url, ping_interval=None) as ws:
+                for code in wanted:
+                    await ws.send(request(key, code))
+                    assert (await next_control(ws))["body"]["msg_cd"] == "OPSP0000"
+                record = [wanted[0], *["0"] * 45]
+                trades = [
+                    Trade(code, 1_700_000_000_000_000 + i // 7 * 1_000_000, [code, *record[1:]])
+                    for i, code in enumerate(itertools.islice(itertools.cycle([*wanted, other]), 60))
+                ]
+                sent = await sim.ws.flood(trades)
+                got: list[str] = []
+                while len(got) < sent:
+                    msg = await asyncio.wait_for(ws.recv(), 5)
+                    if isinstance(msg, str) and msg.startswith("0|"):
+                        got.extend(r[0] for r in split_frame(msg))
+            totals = sim.ledger.totals()
+        assert sent == 40 == totals["records_sent"]
+        assert sorted(got) == sorted(t.symbol for t in trades if t.symbol in wanted)
+        assert totals["records_by_symbol"] == {code: 20 for code in wanted}
 
     asyncio.run(scenario())

@@ -111,6 +111,8 @@ class Bridge:
         self.restore_times_s: list[float] = []  # per session: open -> every assigned symbol registered
         self.retry_at: float | None = None  # monotonic time of the next connection attempt while backing off
         self._rng = random.Random()
+        received = metrics.messages_received
+        self._received = {kind: received.labels(kind) for kind in ("bad", "data", "pingpong", "control")}
 
     # ------------------------------------------------------------------------------------ run loop
 
@@ -201,18 +203,18 @@ class Bridge:
         try:
             msg = classify(text)
         except FrameError as exc:
-            self.metrics.messages_received.labels("bad").inc()
+            self._received["bad"].inc()
             self._dead_letter(state, text, exc.reason, exc.detail, received_at_us, frame_seq=None)
             return
         if isinstance(msg, DataFrame):
-            self.metrics.messages_received.labels("data").inc()
+            self._received["data"].inc()
             await self._on_frame(state, msg, text, received_at_us)
         elif isinstance(msg, PingPong):
-            self.metrics.messages_received.labels("pingpong").inc()
+            self._received["pingpong"].inc()
             await state.ws.send(msg.text)  # KIS wants the same text back
             self.metrics.pingpongs.inc()
         else:
-            self.metrics.messages_received.labels("control").inc()
+            self._received["control"].inc()
             self._on_reply(state, msg, received_at_us)
 
     async def _on_frame(self, state: SessionState, frame: DataFrame, text: str, received_at_us: int) -> None:

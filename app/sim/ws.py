@@ -277,6 +277,32 @@ class WsServer:
                     continue
                 await self._send_frame(session, frame_trades)
 
+    async def flood(self, trades: Sequence[Trade]) -> int:
+        """Send ``trades`` to the sessions that registered their symbols as fast as the sockets take them.
+
+        For benchmarks: frames are rendered before the first one goes, so the sending rate is the socket's,
+        not the renderer's. The ledger counts them as :meth:`deliver` would. Returns the records sent.
+        """
+        rendered: list[tuple[Session, str, list[Trade]]] = []
+        for session in list(self.active.values()):
+            symbols = session.trade_symbols()
+            for frame_trades in self._frames([t for t in trades if t.symbol in symbols]):
+                text = render_data_frame(TR_TRADE, [self._record(t) for t in frame_trades])
+                rendered.append((session, text, frame_trades))
+        sent = 0
+        for session, text, frame_trades in rendered:
+            assert session.ledger is not None
+            try:
+                await session.ws.send(text)
+            except ConnectionClosed:
+                self._count_missed(session, frame_trades)
+                continue
+            session.ledger.frames_sent += 1
+            session.ledger.records_sent += len(frame_trades)
+            session.ledger.records_by_symbol.update(t.symbol for t in frame_trades)
+            sent += len(frame_trades)
+        return sent
+
     def _frames(self, trades: list[Trade]) -> list[list[Trade]]:
         """Consecutive trades of one symbol in one second go out together, at most N per frame."""
         frames: list[list[Trade]] = []
