@@ -33,7 +33,7 @@ from app.records import default_codec
 from app.sim.clock import KST
 from app.sim.market import Market
 from app.sim.server import KisSimulator, SimConfig
-from app.sim.ws import WsFaults
+from app.sim.ws import WsFaults, WsLimits
 from app.stack.kafka import LocalKafka
 from app.topics import apply_topics
 
@@ -405,3 +405,19 @@ def test_observer_bridge_serves_metrics_and_prints_a_summary_on_sigterm(isolated
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_pingpong_is_echoed_so_kis_keeps_the_session(bridge_settings: Settings) -> None:
+    """KIS closes a session that does not echo PINGPONG; with a ping every 0.3 s the session must live on."""
+
+    async def scenario() -> None:
+        limits = WsLimits(pingpong_interval_s=0.3, pingpong_timeout_s=1.0)
+        async with sim_and_bridge(bridge_settings, n_assign=3, limits=limits) as (sim, run, s):
+            session = sim.ledger.sessions
+            await wait_for(lambda: bool(session) and session[0].pongs_received >= 5, 30, "five PINGPONG echoes")
+            await release_all_and_settle(sim, run, s, [x.code for x in sim.market.symbols[:3]])
+            pings = run.bridge.metrics.pingpongs._value.get()
+        assert run.bridge.sessions_opened == 1 and len(sim.ledger.sessions) == 1
+        assert pings >= 5
+
+    asyncio.run(scenario())

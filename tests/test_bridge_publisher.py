@@ -1,16 +1,20 @@
-"""The publisher against the real broker: a journal drained after a partial failure sends nothing twice."""
+"""The publisher against the real broker (and without one), and the choice of credentials."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from app.bridge.journal import Journal, JournalRecord
+from app.bridge.main import choose_credentials
 from app.bridge.metrics import BridgeMetrics
 from app.bridge.publisher import Mode, Publisher, PublisherConfig
-from app.config import Settings
+from app.config import ConfigError, Settings
+from app.kis.credentials import simulator_credentials
 from app.topics import apply_topics, load_topics
 
 
@@ -75,3 +79,54 @@ def test_a_partly_failed_journal_batch_is_retried_without_duplicates(isolated: S
         assert publisher.published_total == 300 and publisher.mode is Mode.DIRECT
 
     asyncio.run(scenario())
+
+
+def test_a_full_journal_pauses_ingest_loudly_and_keeps_every_record(tmp_path: Path, stack: Settings) -> None:
+    """No broker at all and a tiny journal: submit more than fits; nothing is dropped, ingest is paused."""
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "journal", max_bytes=4_000)
+        metrics = BridgeMetrics()
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        publisher = Publisher(PublisherConfig(dead, request_timeout_ms=1000), journal, metrics)
+        await publisher.start()
+        try:
+            assert publisher.mode is Mode.SPILL, "no broker at start: straight to the journal"
+            records = [JournalRecord("ticks", b"005930", b"x" * 100, 1_700_000_000_000 + i, i) for i in range(100)]
+            for i in range(0, 100, 10):
+                publisher.submit(records[i : i + 10])
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30
+            while metrics.journal_full._value.get() == 0:
+                assert loop.time() < end, "the journal filled"
+                await asyncio.sleep(0.02)
+            waiter = asyncio.create_task(publisher.wait_capacity())
+            await asyncio.sleep(0)
+            assert not waiter.done(), "ingest waits while the journal is full"
+            waiter.cancel()
+            held = len(journal) + len(publisher._spill_buffer)
+            assert held == 100 and publisher.published_total == 0
+            assert metrics.journal_records._value.get() == len(journal) > 0
+        finally:
+            await publisher.stop(timeout_s=1)
+            journal.close()
+        reopened = Journal(tmp_path / "journal", max_bytes=10**6)
+        try:
+            kept, _ = reopened.peek(1_000)
+        finally:
+            reopened.close()
+        assert [r.received_at_us for r in kept] == list(range(100)), "every record kept, in order, across a stop"
+
+    asyncio.run(scenario())
+
+
+def test_credentials_are_required_for_a_real_kis_and_never_invented() -> None:
+    real = Settings(kis_rest_url="https://kis.example:9443")
+    with pytest.raises(ConfigError, match=r"no KIS credentials for https://kis\.example:9443"):
+        choose_credentials(real, {})
+    creds = choose_credentials(real, {"OBSERVER_KIS_APP_KEY": "PSabc", "OBSERVER_KIS_APP_SECRET": "s3cret"})
+    assert creds.app_key.get_secret_value() == "PSabc" and "s3cret" not in repr(creds)
+    sim = choose_credentials(Settings(), {})
+    assert sim == simulator_credentials("main"), "the simulator's fake credentials only for a loopback KIS"

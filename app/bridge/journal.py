@@ -454,12 +454,13 @@ class Journal:
     def __len__(self) -> int:
         return self._pending_records
 
-    def append(self, records: Sequence[JournalRecord]) -> None:
+    def append(self, records: Sequence[JournalRecord], *, over_limit: bool = False) -> None:
         """Write ``records`` after the tail, all or nothing.
 
         Raises :class:`JournalFull` (writing nothing) if they would take :attr:`pending_bytes` past
-        ``max_bytes``, ValueError if one does not fit the format. On an I/O error the part already written is
-        truncated away again before the error propagates. Once this returns, the records survive a kill of the
+        ``max_bytes``, unless ``over_limit`` (at shutdown, keeping records matters more than the bound);
+        ValueError if one does not fit the format. On an I/O error the part already written is truncated
+        away again before the error propagates. Once this returns, the records survive a kill of the
         process; they survive a power loss after the next fdatasync (within ``fsync_interval_s`` if appends
         keep coming, else at :meth:`sync` / :meth:`close`).
         """
@@ -469,7 +470,7 @@ class Journal:
                 return
             entries = [encode_entry(record) for record in records]
             batch_bytes = sum(map(len, entries))
-            if self._pending_bytes + batch_bytes > self.max_bytes:
+            if self._pending_bytes + batch_bytes > self.max_bytes and not over_limit:
                 raise JournalFull(
                     self.directory, self._pending_bytes, batch_bytes, self.max_bytes, self._pending_records
                 )

@@ -132,7 +132,17 @@ class Publisher:
         self._queue.clear()
         self._spill_buffer = []
         if leftovers:
-            self._journal_append(leftovers)
+            # Past the journal's bound if need be: at exit, memory is the only other place they are.
+            over = self.journal.pending_bytes >= self.journal.max_bytes
+            self.journal.append(leftovers, over_limit=True)
+            self.journaled_total += len(leftovers)
+            self.metrics.journaled.inc(len(leftovers))
+            log.log(
+                logging.ERROR if over else logging.INFO,
+                "%d unacknowledged records kept in the journal for the next start%s",
+                len(leftovers),
+                " (past its size limit)" if over else "",
+            )
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
@@ -336,17 +346,32 @@ class Publisher:
         self._journal_append(batch)
 
     def _journal_append(self, batch: list[JournalRecord]) -> None:
+        """Journal as much of ``batch`` as fits, in order; the rest waits in front of the spill buffer."""
         try:
             self.journal.append(batch)
+            fitted = len(batch)
         except JournalFull as exc:
-            self.metrics.journal_full.inc()
-            log.error("JOURNAL FULL, ingest paused, nothing dropped: %s", exc)
-            self._spill_buffer[:0] = batch
-            self._capacity.clear()
-            return
-        self.journaled_total += len(batch)
-        self.metrics.journaled.inc(len(batch))
-        self._update_journal_gauges()
+            fitted = 0
+            for record in batch:  # the records that still fit go in; order is kept
+                try:
+                    self.journal.append([record])
+                except JournalFull:
+                    break
+                fitted += 1
+            self._spill_buffer[:0] = batch[fitted:]
+            if self._capacity.is_set():  # once per episode: the log stays readable
+                self._capacity.clear()
+                self.metrics.journal_full.inc()
+                log.error(
+                    "JOURNAL FULL: ingest paused until the broker takes records again; nothing dropped, "
+                    "%d records waiting in memory: %s",
+                    len(batch) - fitted,
+                    exc,
+                )
+        if fitted:
+            self.journaled_total += fitted
+            self.metrics.journaled.inc(fitted)
+            self._update_journal_gauges()
 
     def _update_journal_gauges(self) -> None:
         self.metrics.journal_records.set(self.journal.pending_records)
@@ -369,11 +394,13 @@ class Publisher:
                 continue
             records, position = self.journal.peek(self.config.drain_batch)
             if not records:
-                if not self._spill_buffer:
-                    log.warning("journal drained: publishing directly again")
-                    self.mode = Mode.DIRECT
-                    self._capacity.set()
-                    self._wake.set()
+                log.warning("journal drained: publishing directly again")
+                self.mode = Mode.DIRECT
+                # Whatever did not fit even an empty journal is next in line, before anything newer.
+                self._queue.extendleft(reversed(self._spill_buffer))
+                self._spill_buffer = []
+                self._capacity.set()
+                self._wake.set()
                 continue
             if await self._publish_batch(records):
                 self.journal.commit(position)
