@@ -46,6 +46,7 @@ from app.records import default_codec
 from app.sim.clock import KST
 from app.sim.market import Market, Trade
 from app.sim.server import KisSimulator, SimConfig
+from app.slots.policy import Decision
 from app.topics import TopicSpec, apply_topics, delete_topics, load_topics
 
 TARGET_TICKS_PER_S = 50_000
@@ -197,22 +198,7 @@ async def assign(settings: Settings, codes: list[str]) -> None:
     await producer.start()
     try:
         for slot, code in enumerate(codes):
-            decision = {
-                "decision_id": f"bench-{code}",
-                "app_key_id": settings.bridge_app_key_id,
-                "slot_id": slot,
-                "symbol": code,
-                "action": "assign",
-                "trigger_type": "bench",
-                "priority_score": 1.0,
-                "decided_at_us": 0,
-                "detected_at_us": 0,
-                "current_volume": 0,
-                "avg_volume_10m": 0.0,
-                "surge_ratio": 0.0,
-                "replaced_symbol": None,
-                "reason": "bench",
-            }
+            decision = Decision.manual(settings.bridge_app_key_id, slot, code, "assign", "bench").to_record()
             value = codec.encode("SlotDecision", decision)
             await producer.send_and_wait(
                 settings.topic("slot.decisions"), value, key=settings.bridge_app_key_id.encode()

@@ -34,6 +34,7 @@ from app.sim.clock import KST
 from app.sim.market import Market
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults, WsLimits
+from app.slots.policy import Decision
 from app.stack.kafka import LocalKafka
 from app.topics import apply_topics
 
@@ -55,25 +56,7 @@ async def decide(settings: Settings, symbols: list[str], action: str, app_key_id
     await producer.start()
     try:
         for slot, symbol in enumerate(symbols):
-            value = codec.encode(
-                "SlotDecision",
-                {
-                    "decision_id": f"test-{action}-{symbol}",
-                    "app_key_id": app_key_id,
-                    "slot_id": slot,
-                    "symbol": symbol,
-                    "action": action,
-                    "trigger_type": "test",
-                    "priority_score": 0.5,
-                    "decided_at_us": 0,
-                    "detected_at_us": 0,
-                    "current_volume": 0,
-                    "avg_volume_10m": 0.0,
-                    "surge_ratio": 0.0,
-                    "replaced_symbol": None,
-                    "reason": "test",
-                },
-            )
+            value = codec.encode("SlotDecision", Decision.manual(app_key_id, slot, symbol, action, "test").to_record())
             await producer.send_and_wait(settings.topic("slot.decisions"), value, key=app_key_id.encode())
     finally:
         await producer.stop()

@@ -85,6 +85,26 @@ class Decision:
     def to_record(self) -> dict[str, object]:
         return dict(self.__dict__)
 
+    @classmethod
+    def manual(cls, app_key_id: str, slot_id: int, symbol: str, action: str, source: str, at_us: int = 0) -> Decision:
+        """A decision made by hand (an operator, a test, a benchmark), not by the policy."""
+        return cls(
+            decision_id=f"{source}-{action}-{symbol}",
+            app_key_id=app_key_id,
+            slot_id=slot_id,
+            symbol=symbol,
+            action=action,
+            trigger_type=source,
+            priority_score=0.5,
+            decided_at_us=at_us,
+            detected_at_us=at_us,
+            current_volume=0,
+            avg_volume_10m=0.0,
+            surge_ratio=0.0,
+            replaced_symbol=None,
+            reason=source,
+        )
+
 
 @dataclass(frozen=True)
 class Overflow:
