@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     bridge_watchdog_always: bool = False
     kis_rest_requests_per_second: float = Field(default=10.0, gt=0)
 
+    # The Faust worker (surge agent, slot manager, web views).
+    worker_app_id: str = Field(default="observer", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    worker_web_host: str = "127.0.0.1"
+    worker_web_port: int = Field(default=19102, ge=1, le=65535)
+    surge_multiplier: float = Field(default=3.0, gt=1)
+    surge_min_volume: int = Field(default=10_000, ge=0)
+    surge_lookback_minutes: int = Field(default=10, ge=1, le=60)
+
     # Topic names are prefixed for isolation (tests use a prefix per test).
     topic_prefix: str = ""
 

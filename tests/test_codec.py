@@ -216,6 +216,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "priority_score": 12.75,
         "source": "ticks",
     },
+    "SurgeWindows": {
+        "business_date": "20250115",
+        "first_minute": 29_000_000,
+        "cumulative": 9_694_968,
+        "minutes": [{"minute": 29_000_010, "volume": 51_000}, {"minute": 29_000_011, "volume": 481_200}],
+        "fired_minute": 29_000_011,
+    },
     "SlotDecision": {
         "decision_id": "d-20250115-000187",
         "app_key_id": "key-a",
@@ -277,6 +284,7 @@ EXPECTED_FIELDS = {
         "symbol", "business_date", "window_start_us", "event_time_us", "current_volume", "avg_volume_10m",
         "surge_ratio", "priority_score", "source",
     ],
+    "SurgeWindows": ["business_date", "first_minute", "cumulative", "minutes", "fired_minute"],
     "SlotDecision": [
         "decision_id", "app_key_id", "slot_id", "symbol", "action", "trigger_type", "priority_score",
         "decided_at_us", "detected_at_us", "current_volume", "avg_volume_10m", "surge_ratio", "replaced_symbol",

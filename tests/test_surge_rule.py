@@ -71,10 +71,10 @@ def test_duplicates_and_reordering_do_not_inflate_volume() -> None:
 
 def test_a_snapshot_sets_a_baseline_without_inventing_volume() -> None:
     rule = SurgeRule(min_volume=1)
-    snap = Observation("000660", DAY, T0, 5_000_000, None, "snapshot")
+    snap = Observation("000660", DAY, T0, 5_000_000, None, "snapshots")
     state, surge, _ = observe(None, snap, rule)
     assert surge is None and state.minutes == {} and state.cumulative == 5_000_000
-    state, _, _ = observe(state, Observation("000660", DAY, T0 + MINUTE_US, 5_000_700, None, "snapshot"), rule)
+    state, _, _ = observe(state, Observation("000660", DAY, T0 + MINUTE_US, 5_000_700, None, "snapshots"), rule)
     assert state.minutes == {T0 // MINUTE_US + 1: 700}
 
 

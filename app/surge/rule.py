@@ -65,19 +65,19 @@ class SymbolWindows:
             "business_date": self.business_date,
             "first_minute": self.first_minute,
             "cumulative": self.cumulative,
-            "minutes": [[m, v] for m, v in sorted(self.minutes.items())],
+            "minutes": [{"minute": m, "volume": v} for m, v in sorted(self.minutes.items())],
             "fired_minute": self.fired_minute,
         }
 
     @classmethod
     def from_record(cls, record: dict[str, object]) -> SymbolWindows:
-        pairs = record["minutes"]
-        assert isinstance(pairs, list)
+        minutes = record["minutes"]
+        assert isinstance(minutes, list)
         return cls(
             business_date=str(record["business_date"]),
             first_minute=int(record["first_minute"]),  # type: ignore[call-overload]
             cumulative=int(record["cumulative"]),  # type: ignore[call-overload]
-            minutes={int(m): int(v) for m, v in pairs},
+            minutes={int(item["minute"]): int(item["volume"]) for item in minutes},
             fired_minute=int(record["fired_minute"]),  # type: ignore[call-overload]
         )
 
@@ -92,7 +92,7 @@ class Surge:
     avg_volume_10m: float
     surge_ratio: float
     priority_score: float
-    source: str  # "ticks" or "snapshot"
+    source: str  # "ticks" or "snapshots"
 
     def to_record(self) -> dict[str, object]:
         return dict(self.__dict__)
