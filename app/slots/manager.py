@@ -1,0 +1,122 @@
+"""The slot manager's logic: merged inputs, the KRX session clock, and the slot book. Pure; the Faust agent
+feeds it and publishes what it returns.
+
+Time is the merged event time only. Session transitions happen at fixed times of each KRX trading day
+(bootstrap ``bootstrap_lead_us`` before 09:00 KST so the opening trade is captured, release of every
+slot at 15:30 KST), stamped with those times, and processed in order with the inputs, so a replay
+makes them exactly as live did. On a day the XKRX calendar says is not a session, nothing is decided.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from app.krx import CLOSE, CONTINUOUS_OPEN, KST, is_trading_day
+from app.slots.merge import EventTimeMerger
+from app.slots.policy import Candidate, Outcome, SlotBook, SlotPolicy
+
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Refusal:
+    app_key_id: str
+    symbol: str
+    outcome: str
+    msg_cd: str
+
+
+Item = Candidate | Refusal | None  # None: a progress marker carried as an item (not used by sources)
+
+
+def _kst_instant_us(day: dt.date, at: dt.time) -> int:
+    return int(dt.datetime.combine(day, at, tzinfo=KST).timestamp()) * US
+
+
+@dataclass
+class SlotManager:
+    policy: SlotPolicy
+    sources: frozenset[str]
+    trading_day: Callable[[dt.date], bool] = is_trading_day
+    bootstrap_lead_us: int = 60 * US
+    book: SlotBook = field(init=False)
+    merger: EventTimeMerger = field(init=False)
+    clock_us: int = -1  # the merged time processed so far
+    ignored_outside_session: int = 0
+
+    def __post_init__(self) -> None:
+        self.book = SlotBook(self.policy)
+        self.merger = EventTimeMerger(self.sources)
+
+    # --------------------------------------------------------------------------------------- inputs
+
+    def add(self, source: str, event_time_us: int, item: Candidate | Refusal) -> None:
+        self.merger.add(source, event_time_us, item)
+
+    def advance(self, source: str, event_time_us: int) -> None:
+        self.merger.advance(source, event_time_us)
+
+    def step(self, idle: Iterable[str] = ()) -> list[Outcome]:
+        """Decide on everything the watermark releases, with the session transitions in between."""
+        out: list[Outcome] = []
+        for pending in self.merger.release(idle):
+            out.extend(self._run_clock_until(pending.time_us, inclusive=True))
+            out.extend(self._apply(pending.item, pending.time_us))
+        mark = self.merger.released_until_us
+        if mark > 0:
+            out.extend(self._run_clock_until(mark, inclusive=False))
+        return out
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def in_session(self, t_us: int) -> bool:
+        local = dt.datetime.fromtimestamp(t_us / US, tz=KST)
+        if not self.trading_day(local.date()):
+            return False
+        opens = _kst_instant_us(local.date(), CONTINUOUS_OPEN) - self.bootstrap_lead_us
+        return opens <= t_us < _kst_instant_us(local.date(), CLOSE)
+
+    def _transitions(self, after_us: int, until_us: int, inclusive: bool) -> list[tuple[int, str]]:
+        """Session open/close instants in (after, until] (or until exclusive), on trading days only."""
+        if until_us <= after_us:
+            return []
+        first = dt.datetime.fromtimestamp(max(after_us, 0) / US, tz=KST).date()
+        last = dt.datetime.fromtimestamp(until_us / US, tz=KST).date()
+        out: list[tuple[int, str]] = []
+        day = first
+        while day <= last:
+            if self.trading_day(day):
+                for t, kind in (
+                    (_kst_instant_us(day, CONTINUOUS_OPEN) - self.bootstrap_lead_us, "open"),
+                    (_kst_instant_us(day, CLOSE), "close"),
+                ):
+                    if after_us < t and (t <= until_us if inclusive else t < until_us):
+                        out.append((t, kind))
+            day += dt.timedelta(days=1)
+        return out
+
+    def _run_clock_until(self, until_us: int, inclusive: bool) -> list[Outcome]:
+        out: list[Outcome] = []
+        if self.clock_us < 0:  # the first input: start the clock just before it, no transitions replayed
+            self.clock_us = until_us - 1
+            if self.in_session(until_us) and self.book.held() == 0:
+                out.extend(self.book.open_session(until_us))
+            return out
+        for t, kind in self._transitions(self.clock_us, until_us, inclusive):
+            out.extend(self.book.open_session(t) if kind == "open" else self.book.close_session(t))
+            self.clock_us = t
+        if until_us > self.clock_us:
+            self.clock_us = until_us if inclusive else until_us - 1
+        return out
+
+    def _apply(self, item: Item, t_us: int) -> list[Outcome]:
+        if isinstance(item, Refusal):
+            return self.book.refused(item.app_key_id, item.symbol, item.outcome, item.msg_cd, t_us)
+        if isinstance(item, Candidate):
+            if not self.in_session(t_us):
+                self.ignored_outside_session += 1
+                return []
+            return self.book.offer(item, t_us)
+        return []

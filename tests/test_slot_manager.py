@@ -1,0 +1,76 @@
+"""The slot manager's clock: bootstrap before the open, release at the close, nothing on a KRX holiday."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from app.krx import KST
+from app.slots.manager import Refusal, SlotManager
+from app.slots.policy import ASSIGN, RELEASE, Candidate, Decision, Overflow, SlotPolicy
+
+US = 1_000_000
+SOURCES = frozenset({"ticks/0", "ticks/1"})
+
+
+def at(day: dt.date, hh: int, mm: int, ss: int = 0) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=KST).timestamp()) * US
+
+
+def decisions(out: list) -> list[tuple[str, str, int]]:
+    return [(d.action, d.symbol, d.decided_at_us) for d in out if isinstance(d, Decision)]
+
+
+def run_day(day: dt.date, seed: int = 0) -> tuple[SlotManager, list]:
+    """Progress every 30 s from 08:50 to 15:35 on both sources, a surge at 10:00, a refusal at 11:00."""
+    manager = SlotManager(SlotPolicy(capacity=41), SOURCES)
+    events: dict[str, list] = {s: [] for s in SOURCES}
+    t = at(day, 8, 50)
+    while t <= at(day, 15, 35):
+        for s in SOURCES:
+            events[s].append(("advance", t, None))
+        t += 30 * US
+    events["ticks/0"].append(("add", at(day, 10, 0), Candidate("005380", 0.8, "surge", at(day, 10, 0))))
+    events["ticks/1"].append(("add", at(day, 11, 0), Refusal("main", "005380", "max_subscribe_over", "OPSP0008")))
+    for s in SOURCES:
+        events[s].sort(key=lambda e: e[1])
+    rng = random.Random(seed)
+    cursors = dict.fromkeys(SOURCES, 0)
+    out: list = []
+    while any(cursors[s] < len(events[s]) for s in SOURCES):
+        s = rng.choice(sorted(x for x in SOURCES if cursors[x] < len(events[x])))
+        kind, t, item = events[s][cursors[s]]
+        cursors[s] += 1
+        if kind == "add":
+            manager.add(s, t, item)
+        else:
+            manager.advance(s, t)
+        out.extend(manager.step())
+    return manager, out
+
+
+def test_a_trading_day_bootstraps_before_the_open_and_releases_at_the_close() -> None:
+    day = dt.date(2026, 11, 20)
+    manager, out = run_day(day)
+    got = decisions(out)
+    boot = [(a, s) for a, s, t in got if t == at(day, 8, 59)]
+    assert boot == [(ASSIGN, s) for s in SlotPolicy().bootstrap], "bootstrap 60 s before 09:00 KST"
+    assert (ASSIGN, "005380", at(day, 10, 0)) in got
+    assert (RELEASE, "005380", at(day, 11, 0)) in got, "a refused subscription frees its slot"
+    refusal = [o for o in out if isinstance(o, Overflow)]
+    assert [o.reason for o in refusal] == ["refused_by_kis:OPSP0008"]
+    closing = [(a, s) for a, s, t in got if t == at(day, 15, 30)]
+    assert sorted(closing) == sorted((RELEASE, s) for s in SlotPolicy().bootstrap)
+    assert manager.book.held() == 0
+
+
+def test_the_same_day_in_another_interleaving_gives_the_same_decisions() -> None:
+    day = dt.date(2026, 11, 20)
+    assert run_day(day, seed=1)[1] == run_day(day, seed=2)[1]
+
+
+def test_a_krx_holiday_gives_no_bootstrap_and_no_decisions() -> None:
+    christmas = dt.date(2026, 12, 25)
+    manager, out = run_day(christmas)
+    assert decisions(out) == []
+    assert manager.ignored_outside_session == 1
