@@ -223,6 +223,53 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "minutes": [{"minute": 29_000_010, "volume": 51_000}, {"minute": 29_000_011, "volume": 481_200}],
         "fired_minute": 29_000_011,
     },
+    "SlotCandidate": {
+        "kind": "surge",
+        "source": "ticks/3",
+        "event_time_us": kst_us("20250115", "093015"),
+        "symbol": "005930",
+        "trigger_type": "surge",
+        "priority_score": 0.76,
+        "current_volume": 481200,
+        "avg_volume_10m": 51234.5,
+        "surge_ratio": 9.392,
+    },
+    "SlotManagerState": {
+        "clock_us": kst_us("20250115", "093015"),
+        "released_until_us": kst_us("20250115", "093014"),
+        "ignored_outside_session": 0,
+        "progress": {"ticks/3": kst_us("20250115", "093015"), "subscriptions/0": kst_us("20250115", "093001")},
+        "seqs": {"ticks/3": 17},
+        "pending": [
+            {
+                "time_us": kst_us("20250115", "093015"),
+                "source": "ticks/3",
+                "seq": 16,
+                "kind": "candidate",
+                "symbol": "005930",
+                "app_key_id": "",
+                "outcome": "",
+                "msg_cd": "",
+                "priority": 0.76,
+                "trigger_type": "surge",
+                "detected_at_us": kst_us("20250115", "093015"),
+                "current_volume": 481200,
+                "avg_volume_10m": 51234.5,
+                "surge_ratio": 9.392,
+            }
+        ],
+        "holders": [
+            {
+                "app_key_id": "key-a",
+                "slot_id": 0,
+                "symbol": "000660",
+                "since_us": kst_us("20250115", "085900"),
+                "priority": 0.95,
+                "scored_at_us": kst_us("20250115", "085900"),
+                "decision_id": "key-a-1736899140000000-3f2a",
+            }
+        ],
+    },
     "SlotDecision": {
         "decision_id": "d-20250115-000187",
         "app_key_id": "key-a",
@@ -285,6 +332,13 @@ EXPECTED_FIELDS = {
         "surge_ratio", "priority_score", "source",
     ],
     "SurgeWindows": ["business_date", "first_minute", "cumulative", "minutes", "fired_minute"],
+    "SlotCandidate": [
+        "kind", "source", "event_time_us", "symbol", "trigger_type", "priority_score", "current_volume",
+        "avg_volume_10m", "surge_ratio",
+    ],
+    "SlotManagerState": [
+        "clock_us", "released_until_us", "ignored_outside_session", "progress", "seqs", "pending", "holders",
+    ],
     "SlotDecision": [
         "decision_id", "app_key_id", "slot_id", "symbol", "action", "trigger_type", "priority_score",
         "decided_at_us", "detected_at_us", "current_volume", "avg_volume_10m", "surge_ratio", "replaced_symbol",

@@ -10,12 +10,14 @@ makes them exactly as live did. On a day the XKRX calendar says is not a session
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.krx import CLOSE, CONTINUOUS_OPEN, KST, is_trading_day
-from app.slots.merge import EventTimeMerger
-from app.slots.policy import Candidate, Outcome, SlotBook, SlotPolicy
+from app.slots.merge import EventTimeMerger, Pending
+from app.slots.policy import Candidate, Holder, Outcome, SlotBook, SlotPolicy
 
 US = 1_000_000
 
@@ -120,3 +122,102 @@ class SlotManager:
                 return []
             return self.book.offer(item, t_us)
         return []
+
+
+# ------------------------------------------------------------------------------------- persistence
+
+
+def state_to_record(manager: SlotManager) -> dict[str, Any]:
+    """The manager's whole state as a SlotManagerState record (the slot-manager table's value)."""
+    pending = []
+    for p in manager.merger.pending:
+        item = p.item
+        base = {"time_us": p.time_us, "source": p.source, "seq": p.seq}
+        if isinstance(item, Refusal):
+            pending.append(
+                base
+                | {
+                    "kind": "refusal",
+                    "symbol": item.symbol,
+                    "app_key_id": item.app_key_id,
+                    "outcome": item.outcome,
+                    "msg_cd": item.msg_cd,
+                    "priority": 0.0,
+                    "trigger_type": "",
+                    "detected_at_us": 0,
+                    "current_volume": 0,
+                    "avg_volume_10m": 0.0,
+                    "surge_ratio": 0.0,
+                }
+            )
+        else:
+            assert isinstance(item, Candidate)
+            pending.append(
+                base
+                | {
+                    "kind": "candidate",
+                    "symbol": item.symbol,
+                    "app_key_id": "",
+                    "outcome": "",
+                    "msg_cd": "",
+                    "priority": item.priority,
+                    "trigger_type": item.trigger_type,
+                    "detected_at_us": item.detected_at_us,
+                    "current_volume": item.current_volume,
+                    "avg_volume_10m": item.avg_volume_10m,
+                    "surge_ratio": item.surge_ratio,
+                }
+            )
+    holders = [
+        {
+            "app_key_id": key,
+            "slot_id": slot_id,
+            "symbol": h.symbol,
+            "since_us": h.since_us,
+            "priority": h.priority,
+            "scored_at_us": h.scored_at_us,
+            "decision_id": h.decision_id,
+        }
+        for key, pool in manager.book.slots.items()
+        for slot_id, h in enumerate(pool)
+        if h is not None
+    ]
+    return {
+        "clock_us": manager.clock_us,
+        "released_until_us": manager.merger.released_until_us,
+        "ignored_outside_session": manager.ignored_outside_session,
+        "progress": dict(manager.merger.progress),
+        "seqs": dict(manager.merger.seqs),
+        "pending": sorted(pending, key=lambda r: (r["time_us"], r["source"], r["seq"])),
+        "holders": holders,
+    }
+
+
+def restore_state(manager: SlotManager, record: dict[str, Any]) -> None:
+    """Load a SlotManagerState record into a fresh manager (same policy and sources)."""
+    manager.clock_us = int(record["clock_us"])
+    manager.ignored_outside_session = int(record["ignored_outside_session"])
+    merger = manager.merger
+    merger.released_until_us = int(record["released_until_us"])
+    merger.progress = {str(k): int(v) for k, v in record["progress"].items() if k in merger.sources}
+    merger.seqs = {str(k): int(v) for k, v in record["seqs"].items() if k in merger.sources}
+    merger.pending = []
+    for r in record["pending"]:
+        item: Candidate | Refusal
+        if r["kind"] == "refusal":
+            item = Refusal(r["app_key_id"], r["symbol"], r["outcome"], r["msg_cd"])
+        else:
+            item = Candidate(
+                r["symbol"],
+                r["priority"],
+                r["trigger_type"],
+                r["detected_at_us"],
+                r["current_volume"],
+                r["avg_volume_10m"],
+                r["surge_ratio"],
+            )
+        heapq.heappush(merger.pending, Pending(r["time_us"], r["source"], r["seq"], item))
+    for h in record["holders"]:
+        pool = manager.book.slots.get(h["app_key_id"])
+        if pool is not None and h["slot_id"] < len(pool):
+            pool[h["slot_id"]] = Holder(h["symbol"], h["since_us"], h["priority"], h["scored_at_us"], h["decision_id"])
