@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     surge_multiplier: float = Field(default=3.0, gt=1)
     surge_min_volume: int = Field(default=10_000, ge=0)
     surge_lookback_minutes: int = Field(default=10, ge=1, le=60)
+    slot_app_key_ids: tuple[str, ...] = ("main",)
+    slot_capacity: int = Field(default=41, ge=1, le=41)  # KIS allows 41 registrations per app key
+    slot_bootstrap: tuple[str, ...] = ("005930", "000660", "373220", "051910", "068270", "035720")
+    slot_idle_s: float = Field(default=2.0, gt=0)  # a partition silent this long stops holding decisions back
+    # Output topics (surges, decisions, overflow) get this prefix instead of topic_prefix when set: a replay
+    # or a second app id writes beside the live outputs while reading the same inputs.
+    output_prefix: str | None = None
 
     # Topic names are prefixed for isolation (tests use a prefix per test).
     topic_prefix: str = ""
@@ -88,6 +95,11 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The physical topic name for a logical one from ``topics/topics.toml``."""
         return f"{self.topic_prefix}{name}"
+
+    def output_topic(self, name: str) -> str:
+        """The physical name of an output topic of the worker (see ``output_prefix``)."""
+        prefix = self.topic_prefix if self.output_prefix is None else self.output_prefix
+        return f"{prefix}{name}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -69,7 +69,7 @@ async def produce(settings: Settings, ticks: list[dict[str, Any]]) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, home: Path) -> None:
+    def __init__(self, settings: Settings, home: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         env = {
             **os.environ,
@@ -78,6 +78,7 @@ class WorkerProcess:
             "OBSERVER_TOPIC_PREFIX": settings.topic_prefix,
             "OBSERVER_KAFKA_PORT": str(settings.kafka_port),
             "OBSERVER_SURGE_MIN_VOLUME": "1000",
+            **(extra_env or {}),
         }
         self.log = open(home / f"worker-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -87,7 +88,7 @@ class WorkerProcess:
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
             for line in resp.read().decode().splitlines():
-                if line.startswith(name + " "):
+                if line.startswith(name + " "):  # exact name and labels
                     return float(line.split()[1])
         return 0.0
 
@@ -167,3 +168,80 @@ def test_worker_finds_a_surge_and_keeps_its_windows_across_kill_9(isolated: Sett
         assert (surges[1]["current_volume"], surges[1]["avg_volume_10m"]) == (5_000, 1_400.0)
     finally:
         assert restarted.stop() == 0
+
+
+SURGING = [f"{i:06d}" for i in range(100, 900, 100)]  # eight symbols surge in minute 12, at different seconds
+
+
+def morning(symbols: list[str]) -> list[dict[str, Any]]:
+    """09:00-09:15 for each symbol, 1,000 shares a minute; the i-th of SURGING trades 4,000 + 500 i in minute
+    12, so each crosses 3 x 1,000 at a different trade, and they compete for three slots."""
+    out = []
+    for symbol in symbols:
+        minutes = {m: 1_000 for m in range(16)}
+        if symbol in SURGING:
+            minutes[12] = 4_000 + 500 * SURGING.index(symbol)
+        ticks, _ = ticks_for(minutes)
+        out.extend(t | {"symbol": symbol} for t in ticks)
+    return sorted(out, key=lambda t: (t["event_time_us"], t["symbol"]))
+
+
+async def read_raw(settings: Settings, topic: str, idle_s: float = 3.0) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=500)
+            got = [r.value for rs in batch.values() for r in rs if r.value is not None]
+            out.extend(got)
+            if got:
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings, tmp_path: Path) -> None:
+    asyncio.run(apply_topics(isolated))
+    symbols = [f"{i:06d}" for i in range(100, 2_000, 100)]
+    ticks = morning(symbols)
+    asyncio.run(produce(isolated, ticks))
+    runs = {}
+    for run in ("runA", "runB"):
+        home = tmp_path / run
+        home.mkdir()
+        worker = WorkerProcess(
+            isolated,
+            home,
+            {
+                "OBSERVER_WORKER_APP_ID": run,
+                "OBSERVER_OUTPUT_PREFIX": f"{isolated.topic_prefix}{run}.",
+                "OBSERVER_SLOT_CAPACITY": "3",
+                "OBSERVER_SLOT_BOOTSTRAP": "[]",
+            },
+        )
+        try:
+            worker.wait_metric("observer_worker_ticks_in_total", len(ticks), deadline_s=90)
+            worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
+            worker.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+        finally:
+            assert worker.stop() == 0
+        out = isolated.model_copy(update={"topic_prefix": f"{isolated.topic_prefix}{run}."})
+        runs[run] = (
+            asyncio.run(read_raw(isolated, out.topic("slot.decisions"))),
+            asyncio.run(read_raw(isolated, out.topic("slot.overflow"))),
+        )
+    decisions_a, overflow_a = runs["runA"]
+    decisions_b, overflow_b = runs["runB"]
+    assert decisions_a == decisions_b and overflow_a == overflow_b, "byte-identical streams"
+    codec = default_codec()
+    decided = [codec.decode(v)[1] for v in decisions_a]
+    overflowed = [codec.decode(v)[1] for v in overflow_a]
+    assert [d["action"] for d in decided] == ["assign"] * 3
+    assert {d["symbol"] for d in decided} | {o["symbol"] for o in overflowed} == set(SURGING)
+    times = [d["decided_at_us"] for d in decided] + [o["decided_at_us"] for o in overflowed]
+    assert times == sorted(times), "decided in event-time order, the first three crossings took the slots"
