@@ -7,14 +7,17 @@ import socket
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.bridge.assignments import AssignmentFollower
 from app.bridge.journal import Journal, JournalRecord
 from app.bridge.main import choose_credentials
 from app.bridge.metrics import BridgeMetrics
 from app.bridge.publisher import Mode, Publisher, PublisherConfig
 from app.config import ConfigError, Settings
 from app.kis.credentials import simulator_credentials
+from app.records import default_codec
+from app.slots.policy import Decision
 from app.topics import apply_topics, load_topics
 
 
@@ -130,3 +133,40 @@ def test_credentials_are_required_for_a_real_kis_and_never_invented() -> None:
     assert creds.app_key.get_secret_value() == "PSabc" and "s3cret" not in repr(creds)
     sim = choose_credentials(Settings(), {})
     assert sim == simulator_credentials("main"), "the simulator's fake credentials only for a loopback KIS"
+
+
+def test_the_assignment_is_rebuilt_from_slot_decisions_and_bad_records_are_counted(isolated: Settings) -> None:
+    """What the bridge subscribes after a restart comes from Kafka: assigns minus releases, per app key."""
+
+    async def scenario() -> None:
+        await apply_topics(isolated)
+        codec = default_codec()
+        topic = isolated.topic("slot.decisions")
+        producer = AIOKafkaProducer(bootstrap_servers=isolated.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for key, symbol, action in [
+                ("main", "005930", "assign"),
+                ("main", "000660", "assign"),
+                ("other", "035720", "assign"),
+                ("main", "005930", "release"),
+            ]:
+                value = codec.encode("SlotDecision", Decision.manual(key, 0, symbol, action, "test").to_record())
+                await producer.send_and_wait(topic, value, key=key.encode())
+            await producer.send_and_wait(topic, b"not avro", key=b"main")
+        finally:
+            await producer.stop()
+        undecodable: list[int] = []
+        follower = AssignmentFollower(
+            isolated.bootstrap_servers, topic, "main", codec, on_undecodable=lambda: undecodable.append(1)
+        )
+        task = asyncio.create_task(follower.run())
+        try:
+            await asyncio.wait_for(follower.ready.wait(), 30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert set(follower.assigned) == {"000660"}
+        assert follower.undecodable == 1 and undecodable == [1]
+
+    asyncio.run(scenario())

@@ -92,6 +92,12 @@ class WorkerProcess:
                     return float(line.split()[1])
         return 0.0
 
+    def metric_or_zero(self, name: str) -> float:
+        try:
+            return self.metric(name)
+        except OSError:
+            return 0.0
+
     def wait_metric(self, name: str, value: float, deadline_s: float = 60) -> None:
         end = time.monotonic() + deadline_s
         seen = None
@@ -163,6 +169,14 @@ def test_worker_finds_a_surge_and_keeps_its_windows_across_kill_9(isolated: Sett
     asyncio.run(produce(isolated, second))
     restarted = WorkerProcess(isolated, worker_home)
     try:
+        # Whatever it re-reads of the first ticks (offsets not yet committed at the kill), the new ones come last.
+        end = time.monotonic() + 90
+        while restarted.metric_or_zero("observer_worker_ticks_in_total") not in (len(second), len(first) + len(second)):
+            assert time.monotonic() < end, (
+                f"the restarted worker took in {restarted.metric_or_zero('observer_worker_ticks_in_total')} ticks"
+            )
+            assert restarted.proc.poll() is None
+            time.sleep(0.2)
         surges = asyncio.run(read_surges(isolated, 2, restarted))
         assert len(surges) == 2, "the minute-10 surge is not emitted again, and minute 11 surges"
         assert (surges[1]["current_volume"], surges[1]["avg_volume_10m"]) == (5_000, 1_400.0)

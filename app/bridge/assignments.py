@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.records import CodecError, RecordCodec
@@ -24,8 +25,16 @@ class Assignment:
 
 
 class AssignmentFollower:
-    def __init__(self, bootstrap_servers: str, topic: str, app_key_id: str, codec: RecordCodec) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        app_key_id: str,
+        codec: RecordCodec,
+        on_undecodable: Callable[[], None] = lambda: None,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self._on_undecodable = on_undecodable  # a metric: an undecodable decision must not go unnoticed
         self.topic = topic
         self.app_key_id = app_key_id
         self.codec = codec
@@ -88,6 +97,7 @@ class AssignmentFollower:
                             name, value = self.codec.decode(record.value)
                         except CodecError as exc:
                             self.undecodable += 1
+                            self._on_undecodable()
                             log.error(
                                 "slot.decisions offset %d undecodable, skipped for this app key: %s", record.offset, exc
                             )

@@ -61,7 +61,13 @@ async def run_bridge(
     state_dir = settings.home / "bridge" / app_key_id
     journal = Journal(state_dir / "journal", max_bytes=settings.bridge_journal_max_bytes)
     publisher = Publisher(PublisherConfig(bootstrap_servers=settings.bootstrap_servers), journal, metrics)
-    follower = AssignmentFollower(settings.bootstrap_servers, settings.topic("slot.decisions"), app_key_id, codec)
+    follower = AssignmentFollower(
+        settings.bootstrap_servers,
+        settings.topic("slot.decisions"),
+        app_key_id,
+        codec,
+        on_undecodable=metrics.undecodable_decisions.inc,
+    )
     config = BridgeConfig(
         app_key_id=app_key_id,
         ws_url=settings.kis_ws_url,

@@ -60,6 +60,9 @@ class BridgeMetrics:
         self.assigned = Gauge(
             "observer_bridge_assigned_symbols", "Symbols slot.decisions assigns to this app key", registry=r
         )
+        self.undecodable_decisions = Counter(
+            "observer_bridge_undecodable_decisions", "slot.decisions records that could not be decoded", registry=r
+        )
         self.connected = Gauge("observer_bridge_connected", "1 while a KIS session is open", registry=r)
         self.session_errors = Counter(
             "observer_bridge_session_errors", "Sessions refused or failed", ["kind"], registry=r
