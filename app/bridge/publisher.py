@@ -291,8 +291,8 @@ class Publisher:
                 records[0].topic,
                 kind,
             )
-            self._spill_buffer.extend(records)
-            self._enter_spill("send failed")
+            self._enter_spill("send failed")  # the queue moves to the front of the spill buffer...
+            self._spill_buffer[:0] = records  # ...behind these, which are older than anything queued
         else:
             self._acked(records)
         if not self._in_flight:
