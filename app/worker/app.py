@@ -8,6 +8,7 @@ skipped by Faust's deserializer; outputs and table changelogs use the registered
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import faust
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from app.config import Settings
+from app.krx import is_trading_day
 from app.records import CodecError, default_codec
 from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
 from app.slots.policy import Candidate, Decision, SlotPolicy
@@ -320,13 +322,22 @@ def run_worker(settings: Settings) -> None:
 
     from app.topics import TopicSpec, apply_topics, load_topics
 
-    name = f"{settings.worker_app_id}-slot-candidates"
-    spec = TopicSpec(name, "constant", "SlotCandidate", 1, 1, 7 * 86_400_000, "delete", 1, "slot manager inputs")
-    asyncio.run(apply_topics(settings, {name: spec}))
+    # The worker's own topics exist, and are visible, before Faust starts: a changelog topic Faust creates
+    # itself can be missing from its consumer's metadata for minutes (PartitionsMismatch on every write).
+    app_id = settings.worker_app_id
+    own = [
+        TopicSpec(f"{app_id}-slot-candidates", "constant", "SlotCandidate", 1, 1, 7 * 86_400_000, "delete", 1, ""),
+        TopicSpec(f"{app_id}-surge-windows-changelog", "symbol", "SurgeWindows", 12, 1, -1, "compact", 1, ""),
+        TopicSpec(f"{app_id}-slot-manager-changelog", "state", "SlotManagerState", 1, 1, -1, "compact", 1, ""),
+    ]
+    asyncio.run(apply_topics(settings, {spec.name: spec for spec in own}))
     if settings.output_prefix is not None:  # fresh outputs beside the live ones: create them
         catalogue = load_topics()
         outputs = {k: catalogue[k] for k in ("observer.surges", "slot.decisions", "slot.overflow")}
         asyncio.run(apply_topics(settings.model_copy(update={"topic_prefix": settings.output_prefix}), outputs))
+    # Load the KRX calendar now: its first use (pandas) blocks for seconds, which inside the event loop
+    # would stall every agent of the worker.
+    is_trading_day(dt.date.today())
     app = create_app(settings)
     worker = Worker(app, loglevel="INFO", redirect_stdouts=False)
     worker.execute_from_commandline()
