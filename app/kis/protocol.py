@@ -106,6 +106,16 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
+# REST paths and TR ids of the KIS endpoints the client calls and the simulator serves.
+PATH_APPROVAL = "/oauth2/Approval"
+PATH_TOKEN = "/oauth2/tokenP"
+PATH_REVOKE = "/oauth2/revokeP"
+PATH_INQUIRE_PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
+PATH_VOLUME_RANK = "/uapi/domestic-stock/v1/quotations/volume-rank"
+TR_INQUIRE_PRICE = "FHKST01010100"
+TR_VOLUME_RANK = "FHPST01710000"
+
+
 # msg_cd -> outcome. Key on msg_cd: msg1 wording differs between KIS's own lists and live captures.
 _OUTCOME_BY_MSG_CD: dict[str, Outcome] = {
     "OPSP0000": Outcome.SUCCESS,

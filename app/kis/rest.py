@@ -41,18 +41,19 @@ import orjson
 from prometheus_client import Counter as PromCounter
 
 from app.kis.credentials import KisCredentials
+from app.kis.protocol import (
+    PATH_APPROVAL,
+    PATH_INQUIRE_PRICE,
+    PATH_REVOKE,
+    PATH_TOKEN,
+    PATH_VOLUME_RANK,
+    TR_INQUIRE_PRICE,
+    TR_VOLUME_RANK,
+)
 
 log = logging.getLogger(__name__)
 
 KST = dt.timezone(dt.timedelta(hours=9), "KST")
-
-PATH_APPROVAL = "/oauth2/Approval"
-PATH_TOKEN = "/oauth2/tokenP"
-PATH_REVOKE = "/oauth2/revokeP"
-PATH_INQUIRE_PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
-PATH_VOLUME_RANK = "/uapi/domestic-stock/v1/quotations/volume-rank"
-TR_INQUIRE_PRICE = "FHKST01010100"
-TR_VOLUME_RANK = "FHPST01710000"
 
 # Endpoint labels (metric label values; a closed set).
 EP_APPROVAL, EP_TOKEN, EP_REVOKE = "approval", "token", "revoke"

@@ -48,19 +48,20 @@ from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 
 from app.kis.credentials import key_fingerprint
+from app.kis.protocol import (
+    PATH_APPROVAL,
+    PATH_INQUIRE_PRICE,
+    PATH_REVOKE,
+    PATH_TOKEN,
+    PATH_VOLUME_RANK,
+    TR_INQUIRE_PRICE,
+    TR_VOLUME_RANK,
+)
 from app.sim.market import Market
 
 log = logging.getLogger(__name__)
 
 KST = dt.timezone(dt.timedelta(hours=9), "KST")
-
-PATH_APPROVAL = "/oauth2/Approval"
-PATH_TOKEN = "/oauth2/tokenP"
-PATH_REVOKE = "/oauth2/revokeP"
-PATH_INQUIRE_PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
-PATH_VOLUME_RANK = "/uapi/domestic-stock/v1/quotations/volume-rank"
-TR_INQUIRE_PRICE = "FHKST01010100"
-TR_VOLUME_RANK = "FHPST01710000"
 
 TOKEN_LIFETIME_S = 86_400
 TOKEN_REUSE_S = 6 * 3600
