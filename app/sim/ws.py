@@ -283,24 +283,15 @@ class WsServer:
         For benchmarks: frames are rendered before the first one goes, so the sending rate is the socket's,
         not the renderer's. The ledger counts them as :meth:`deliver` would. Returns the records sent.
         """
-        rendered: list[tuple[Session, str, list[Trade]]] = []
-        for session in list(self.active.values()):
-            symbols = session.trade_symbols()
-            for frame_trades in self._frames([t for t in trades if t.symbol in symbols]):
-                text = render_data_frame(TR_TRADE, [self._record(t) for t in frame_trades])
-                rendered.append((session, text, frame_trades))
+        rendered = [
+            (session, self._render(frame_trades), frame_trades)
+            for session in list(self.active.values())
+            for frame_trades in self._frames([t for t in trades if t.symbol in session.trade_symbols()])
+        ]
         sent = 0
         for session, text, frame_trades in rendered:
-            assert session.ledger is not None
-            try:
-                await session.ws.send(text)
-            except ConnectionClosed:
-                self._count_missed(session, frame_trades)
-                continue
-            session.ledger.frames_sent += 1
-            session.ledger.records_sent += len(frame_trades)
-            session.ledger.records_by_symbol.update(t.symbol for t in frame_trades)
-            sent += len(frame_trades)
+            if await self._send_rendered(session, text, frame_trades):
+                sent += len(frame_trades)
         return sent
 
     def _frames(self, trades: list[Trade]) -> list[list[Trade]]:
@@ -324,20 +315,26 @@ class WsServer:
         extra = self.faults.record_width - len(trade.record)
         return trade.record + ["2"] * extra if extra > 0 else trade.record
 
+    def _render(self, frame_trades: list[Trade]) -> str:
+        return render_data_frame(TR_TRADE, [self._record(t) for t in frame_trades])
+
     async def _send_frame(self, session: Session, frame_trades: list[Trade]) -> None:
+        if await self._send_rendered(session, self._render(frame_trades), frame_trades):
+            await self._maybe_inject(session, frame_trades[0])
+
+    async def _send_rendered(self, session: Session, text: str, frame_trades: list[Trade]) -> bool:
+        """Send one frame and put it on the ledger: sent, or missed if the session is gone. True if sent."""
         assert session.ledger is not None
-        text = render_data_frame(TR_TRADE, [self._record(t) for t in frame_trades])
         try:
             await session.ws.send(text)
         except ConnectionClosed:
             self._count_missed(session, frame_trades)
-            return
+            return False
         ledger = session.ledger
         ledger.frames_sent += 1
         ledger.records_sent += len(frame_trades)
-        for t in frame_trades:
-            ledger.records_by_symbol[t.symbol] += 1
-        await self._maybe_inject(session, frame_trades[0])
+        ledger.records_by_symbol.update(t.symbol for t in frame_trades)
+        return True
 
     def _count_missed(self, session: Session, trades: Sequence[Trade]) -> None:
         label = self.app_key_ids.get(session.app_key or "", "unknown")
