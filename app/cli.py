@@ -339,6 +339,27 @@ def bridge(ctx: click.Context, app_key_id: str | None, metrics_port: int | None)
     click.echo(run.bridge.summary())
 
 
+# ------------------------------------------------------------------------------------------ worker
+
+
+@cli.command()
+@click.option("--web-port", default=None, type=int, help="Faust web server port on 127.0.0.1 (views, /metrics).")
+@click.pass_context
+def worker(ctx: click.Context, web_port: int | None) -> None:
+    """The Faust app: surge windows from kis.ticks.raw into observer.surges (the slot manager follows).
+
+    One-minute event-time windows of traded volume per symbol live in a Faust table whose changelog
+    makes them survive a restart. Prometheus metrics at http://127.0.0.1:19102/metrics. Runs until
+    SIGTERM or Ctrl-C.
+    """
+    from app.worker.app import run_worker
+
+    s = _settings(ctx)
+    if web_port:
+        s = s.model_copy(update={"worker_web_port": web_port})
+    run_worker(s)
+
+
 # ------------------------------------------------------------------------------------------- smoke
 
 

@@ -1,0 +1,343 @@
+"""The Faust app (``observer worker``): the surge agent now; the slot manager and web views join it.
+
+Built by a factory rather than at import time, because topic names and the app id depend on the
+configuration (tests give every run its own prefix). Inputs are read as raw bytes and decoded here, so a
+record that cannot be decoded goes to ``kis.dlq`` with its topic, partition and offset instead of being
+skipped by Faust's deserializer; outputs and table changelogs use the registered Avro codecs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from app.config import Settings
+from app.krx import is_trading_day
+from app.records import CodecError, default_codec
+from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
+from app.slots.policy import Candidate, Decision, SlotPolicy
+from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
+from app.worker.codecs import codec_name, register_avro_codecs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.ticks_in = Counter("observer_worker_ticks_in", "Ticks the surge agent took in", registry=r)
+        self.late_ticks = Counter(
+            "observer_worker_late_ticks", "Ticks older than the retained windows (not counted)", registry=r
+        )
+        self.surges_out = Counter("observer_worker_surges", "Surge events published", ["source"], registry=r)
+        self.dead_letters = Counter(
+            "observer_worker_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.slot_inputs = Counter("observer_worker_slot_inputs", "Slot manager inputs", ["kind"], registry=r)
+        self.decisions = Counter("observer_worker_slot_decisions", "Slot decisions published", ["action"], registry=r)
+        self.overflow = Counter("observer_worker_slot_overflow", "Overflow records published", ["reason"], registry=r)
+        self.slots_used = Gauge("observer_worker_slots_used", "Slots held", registry=r)
+        self.pending = Gauge("observer_worker_slot_pending", "Inputs waiting for the watermark", registry=r)
+
+
+STATE_KEY = b"state"
+SUBSCRIPTIONS_SOURCE = "subscriptions/0"
+REFUSALS = {"max_subscribe_over", "error", "not_found"}
+
+
+def candidates_topic_name(settings: Settings) -> str:
+    """The worker's internal input of the slot manager (one partition), named after its app id."""
+    return f"{settings.topic_prefix}{settings.worker_app_id}-slot-candidates"
+
+
+def candidate_record(source: str, surge: Surge) -> dict[str, Any]:
+    return {
+        "kind": "surge",
+        "source": source,
+        "event_time_us": surge.event_time_us,
+        "symbol": surge.symbol,
+        "trigger_type": "surge" if surge.source == "ticks" else "snapshot_surge",
+        "priority_score": surge.priority_score,
+        "current_volume": surge.current_volume,
+        "avg_volume_10m": surge.avg_volume_10m,
+        "surge_ratio": surge.surge_ratio,
+    }
+
+
+def progress_record(source: str, event_time_us: int) -> dict[str, Any]:
+    return {
+        "kind": "progress",
+        "source": source,
+        "event_time_us": event_time_us,
+        "symbol": None,
+        "trigger_type": "",
+        "priority_score": 0.0,
+        "current_volume": 0,
+        "avg_volume_10m": 0.0,
+        "surge_ratio": 0.0,
+    }
+
+
+def clock_record() -> dict[str, Any]:
+    return progress_record("", 0) | {"kind": "clock"}
+
+
+def candidate_of(value: dict[str, Any]) -> Candidate:
+    return Candidate(
+        value["symbol"],
+        value["priority_score"],
+        value["trigger_type"],
+        value["event_time_us"],
+        value["current_volume"],
+        value["avg_volume_10m"],
+        value["surge_ratio"],
+    )
+
+
+def refusal_of(event: dict[str, Any]) -> Refusal | None:
+    """A subscribe request KIS turned down for the symbol (session-level errors are the bridge's)."""
+    if event["action"] == "subscribe" and event["outcome"] in REFUSALS:
+        return Refusal(event["app_key_id"], event["symbol"], event["outcome"], event["msg_cd"])
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    register_avro_codecs()
+    app_id = f"{settings.topic_prefix}{settings.worker_app_id}"
+    datadir = settings.home / "worker" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",  # state lives in changelog topics and is rebuilt from them at start
+        datadir=str(datadir),
+        topic_partitions=12,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        # A killed worker's partitions move after this long (Faust's default is a minute).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        web_host=settings.worker_web_host,
+        web_port=settings.worker_web_port,
+        web_bind=settings.worker_web_host,
+        web_transport="tcp://",
+    )
+    metrics = WorkerMetrics(CollectorRegistry())
+    codec = default_codec()
+    rule = SurgeRule(
+        multiplier=settings.surge_multiplier,
+        min_volume=settings.surge_min_volume,
+        lookback_minutes=settings.surge_lookback_minutes,
+        retain_minutes=settings.surge_lookback_minutes + 2,
+    )
+
+    ticks_topic = app.topic(
+        settings.topic("kis.ticks.raw"), key_serializer="raw", value_serializer="raw", internal=False
+    )
+    surges_topic = app.topic(
+        settings.output_topic("observer.surges"), key_serializer="raw", value_serializer=codec_name("SurgeEvent")
+    )
+    candidates_topic = app.topic(
+        candidates_topic_name(settings), key_serializer="raw", value_serializer=codec_name("SlotCandidate")
+    )
+    slot_inputs = app.topic(
+        candidates_topic_name(settings),
+        settings.topic("kis.subscriptions"),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    decisions_topic = app.topic(
+        settings.output_topic("slot.decisions"), key_serializer="raw", value_serializer=codec_name("SlotDecision")
+    )
+    overflow_topic = app.topic(
+        settings.output_topic("slot.overflow"), key_serializer="raw", value_serializer=codec_name("OverflowEvent")
+    )
+    dlq_topic = app.topic(settings.topic("kis.dlq"), key_serializer="raw", value_serializer=codec_name("DeadLetter"))
+    # Keys are symbols, values SurgeWindows records, both as bytes: Faust tables pick their changelog
+    # serializer from the types, and bytes means "raw", so the changelog holds our Avro as written.
+    windows = app.Table("surge-windows", partitions=12, key_type=bytes, value_type=bytes)
+
+    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+        metrics.dead_letters.labels(reason).inc()
+        msg = event.message
+        log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:200])
+        await dlq_topic.send(
+            key=b"worker",
+            value={
+                "stage": "surge_agent",
+                "reason": reason,
+                "detail": detail,
+                "payload": msg.value or b"",
+                "received_at_us": time.time_ns() // 1000,
+                "source_topic": msg.topic,
+                "source_partition": msg.partition,
+                "source_offset": msg.offset,
+                "session_id": None,
+                "frame_seq": None,
+            },
+        )
+
+    progress_second: dict[str, int] = {}
+
+    @app.agent(ticks_topic)
+    async def surge_agent(stream: Any) -> None:
+        async for event in stream.events():
+            metrics.ticks_in.inc()
+            try:
+                name, tick = codec.decode(event.value)
+            except CodecError as exc:
+                await dead_letter(event, "undecodable", str(exc))
+                continue
+            if name != "RawTick":
+                await dead_letter(event, "wrong_record", f"a {name} record on the ticks topic")
+                continue
+            symbol: str = tick["symbol"]
+            key = symbol.encode()
+            obs = Observation(
+                symbol,
+                tick["business_date"],
+                tick["event_time_us"],
+                tick["cumulative_volume"],
+                tick["trade_volume"],
+                "ticks",
+            )
+            stored = windows.get(key)
+            state = SymbolWindows.from_record(codec.decode(stored)[1]) if stored is not None else None
+            state, surge, late = observe(state, obs, rule)
+            if late:
+                metrics.late_ticks.inc()
+                continue
+            windows[key] = codec.encode("SurgeWindows", state.to_record())
+            source = f"ticks/{event.message.partition}"
+            if surge is not None:
+                metrics.surges_out.labels(surge.source).inc()
+                await surges_topic.send(key=key, value=surge.to_record())
+                await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
+            second = obs.event_time_us // 1_000_000
+            if second > progress_second.get(source, -1):  # at most one marker per source and second
+                progress_second[source] = second
+                await candidates_topic.send(key=b"c", value=progress_record(source, obs.event_time_us))
+
+    slot_table = app.Table("slot-manager", partitions=1, key_type=bytes, value_type=bytes)
+    sources = frozenset({f"ticks/{p}" for p in range(12)} | {SUBSCRIPTIONS_SOURCE})
+    policy = SlotPolicy(
+        app_key_ids=tuple(settings.slot_app_key_ids),
+        capacity=settings.slot_capacity,
+        bootstrap=tuple(settings.slot_bootstrap),
+    )
+    box: dict[str, SlotManager] = {}
+    heard: dict[str, float] = {}  # source -> wall time of its last input (idleness is the one wall-clock input)
+    started = time.monotonic()
+
+    def manager() -> SlotManager:
+        if "m" not in box:
+            m = SlotManager(policy, sources)
+            stored = slot_table.get(STATE_KEY)
+            if stored is not None:
+                restore_state(m, codec.decode(stored)[1])
+                log.info(
+                    "slot manager restored: %d slots held, %d inputs pending", m.book.held(), len(m.merger.pending)
+                )
+            box["m"] = m
+        return box["m"]
+
+    def idle_sources() -> set[str]:
+        now = time.monotonic()
+        if now - started < settings.slot_idle_s:
+            return set()
+        return {s for s in sources if now - heard.get(s, started) > settings.slot_idle_s}
+
+    @app.agent(slot_inputs)
+    async def slot_manager_agent(stream: Any) -> None:
+        async for event in stream.events():
+            m = manager()
+            try:
+                name, value = codec.decode(event.value)
+            except CodecError as exc:
+                await dead_letter(event, "undecodable", str(exc))
+                continue
+            if name == "SubscriptionEvent":
+                metrics.slot_inputs.labels("subscription").inc()
+                heard[SUBSCRIPTIONS_SOURCE] = time.monotonic()
+                refusal = refusal_of(value)
+                if refusal is not None:
+                    m.add(SUBSCRIPTIONS_SOURCE, value["event_time_us"], refusal)
+                else:
+                    m.advance(SUBSCRIPTIONS_SOURCE, value["event_time_us"])
+            elif name == "SlotCandidate":
+                kind = value["kind"]
+                metrics.slot_inputs.labels(kind).inc()
+                if kind != "clock":
+                    if value["source"] not in sources:
+                        await dead_letter(event, "unknown_source", f"slot input from {value['source']!r}")
+                        continue
+                    heard[value["source"]] = time.monotonic()
+                if kind == "surge":
+                    m.add(value["source"], value["event_time_us"], candidate_of(value))
+                elif kind == "progress":
+                    m.advance(value["source"], value["event_time_us"])
+            else:
+                await dead_letter(event, "wrong_record", f"a {name} record on the slot manager's inputs")
+                continue
+            outcomes = m.step(idle_sources())
+            for outcome in outcomes:
+                if isinstance(outcome, Decision):
+                    metrics.decisions.labels(outcome.action).inc()
+                    await decisions_topic.send(key=outcome.app_key_id.encode(), value=outcome.to_record())
+                else:
+                    metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
+                    await overflow_topic.send(key=outcome.symbol.encode(), value=outcome.to_record())
+            metrics.slots_used.set(m.book.held())
+            metrics.pending.set(len(m.merger.pending))
+            slot_table[STATE_KEY] = codec.encode("SlotManagerState", state_to_record(m))
+
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    async def slot_clock() -> None:
+        """Wakes the slot manager so that idle partitions stop holding decisions back."""
+        await candidates_topic.send(key=b"c", value=clock_record())
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+
+    app.observer_metrics = metrics  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the Faust worker in the foreground until SIGTERM/SIGINT."""
+    import asyncio
+
+    from faust.worker import Worker
+
+    from app.topics import TopicSpec, apply_topics, load_topics
+
+    # The worker's own topics exist, and are visible, before Faust starts: a changelog topic Faust creates
+    # itself can be missing from its consumer's metadata for minutes (PartitionsMismatch on every write).
+    app_id = settings.worker_app_id
+    own = [
+        TopicSpec(f"{app_id}-slot-candidates", "constant", "SlotCandidate", 1, 1, 7 * 86_400_000, "delete", 1, ""),
+        TopicSpec(f"{app_id}-surge-windows-changelog", "symbol", "SurgeWindows", 12, 1, -1, "compact", 1, ""),
+        TopicSpec(f"{app_id}-slot-manager-changelog", "state", "SlotManagerState", 1, 1, -1, "compact", 1, ""),
+    ]
+    asyncio.run(apply_topics(settings, {spec.name: spec for spec in own}))
+    if settings.output_prefix is not None:  # fresh outputs beside the live ones: create them
+        catalogue = load_topics()
+        outputs = {k: catalogue[k] for k in ("observer.surges", "slot.decisions", "slot.overflow")}
+        asyncio.run(apply_topics(settings.model_copy(update={"topic_prefix": settings.output_prefix}), outputs))
+    # Load the KRX calendar now: its first use (pandas) blocks for seconds, which inside the event loop
+    # would stall every agent of the worker.
+    is_trading_day(dt.date.today())
+    app = create_app(settings)
+    worker = Worker(app, loglevel="INFO", redirect_stdouts=False)
+    worker.execute_from_commandline()

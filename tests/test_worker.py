@@ -1,0 +1,255 @@
+"""``observer worker`` as a process against the real broker: surges from ticks, state back after kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from procs import OBSERVER, free_port
+from test_codec import EXAMPLES
+
+from app.config import Settings
+from app.records import default_codec
+from app.surge.rule import MINUTE_US
+from app.topics import apply_topics
+
+SYMBOL = "005930"
+DAY = "20261120"
+T0 = 1_763_596_800_000_000  # 2026-11-20 09:00 KST, a minute boundary
+
+
+def ticks_for(minutes: dict[int, int], start_cum: int = 0, per_minute: int = 5) -> tuple[list[dict[str, Any]], int]:
+    """RawTicks of SYMBOL: each minute's volume in ``per_minute`` equal trades, cumulative volume growing."""
+    out = []
+    cum = start_cum
+    seq = 0
+    for minute, volume in sorted(minutes.items()):
+        for k in range(per_minute):
+            size = volume // per_minute
+            cum += size
+            seq += 1
+            tick = dict(EXAMPLES["RawTick"])
+            tick.update(
+                symbol=SYMBOL,
+                business_date=DAY,
+                event_time_us=T0 + minute * MINUTE_US + k * 10_000_000,
+                trade_volume=size,
+                cumulative_volume=cum,
+                frame_seq=minute * 100 + k,
+                record_index=0,
+            )
+            out.append(tick)
+    return out, cum
+
+
+async def produce(settings: Settings, ticks: list[dict[str, Any]]) -> None:
+    codec = default_codec()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for t in ticks:
+            await producer.send(
+                settings.topic("kis.ticks.raw"),
+                codec.encode("RawTick", t),
+                key=t["symbol"].encode(),
+                timestamp_ms=t["event_time_us"] // 1000,
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, home: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OBSERVER_HOME": str(home),
+            "OBSERVER_TOPIC_PREFIX": settings.topic_prefix,
+            "OBSERVER_KAFKA_PORT": str(settings.kafka_port),
+            "OBSERVER_SURGE_MIN_VOLUME": "1000",
+            **(extra_env or {}),
+        }
+        self.log = open(home / f"worker-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*OBSERVER, "worker", "--web-port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):  # exact name and labels
+                    return float(line.split()[1])
+        return 0.0
+
+    def metric_or_zero(self, name: str) -> float:
+        try:
+            return self.metric(name)
+        except OSError:
+            return 0.0
+
+    def wait_metric(self, name: str, value: float, deadline_s: float = 60) -> None:
+        end = time.monotonic() + deadline_s
+        seen = None
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, f"worker exited {self.proc.returncode}"
+            try:
+                seen = self.metric(name)
+            except OSError:
+                seen = None
+            if seen == value:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{name} is {seen}, not {value}, after {deadline_s} s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            self.log.close()
+        return code
+
+
+async def read_surges(
+    settings: Settings, expected: int, worker: WorkerProcess, deadline_s: float = 90
+) -> list[dict[str, Any]]:
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(
+        settings.topic("observer.surges"),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    end = time.monotonic() + deadline_s
+    try:
+        while len(out) < expected and time.monotonic() < end:
+            assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}; see {worker.log.name}"
+            batch = await consumer.getmany(timeout_ms=500)
+            out.extend(codec.decode(r.value)[1] for rs in batch.values() for r in rs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+@pytest.fixture
+def worker_home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    yield home
+
+
+def test_worker_finds_a_surge_and_keeps_its_windows_across_kill_9(isolated: Settings, worker_home: Path) -> None:
+    asyncio.run(apply_topics(isolated))
+    quiet = {m: 1_000 for m in range(10)}
+    first, cum = ticks_for({**quiet, 10: 5_000})  # minute 10: 3,000 of 5,000 crosses 3 x 1,000
+    asyncio.run(produce(isolated, first))
+    worker = WorkerProcess(isolated, worker_home)
+    try:
+        surges = asyncio.run(read_surges(isolated, 1, worker))
+        assert [(s["current_volume"], s["avg_volume_10m"], s["surge_ratio"]) for s in surges] == [(3_000, 1_000.0, 3.0)]
+        assert surges[0]["window_start_us"] == T0 + 10 * MINUTE_US and surges[0]["source"] == "ticks"
+        worker.wait_metric("observer_worker_ticks_in_total", len(first))
+    finally:
+        assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+    # Minute 11 surges only against the restored windows: avg of minutes 1..10 = (9 x 1,000 + 5,000) / 10.
+    second, _ = ticks_for({11: 5_000}, start_cum=cum)
+    asyncio.run(produce(isolated, second))
+    restarted = WorkerProcess(isolated, worker_home)
+    try:
+        surges = asyncio.run(read_surges(isolated, 2, restarted))
+        # It re-reads whatever of the first ticks was not committed at the kill, then the new ones.
+        took_in = restarted.metric_or_zero("observer_worker_ticks_in_total")
+        assert len(surges) == 2, f"minute 11 surges once (the restarted worker took in {took_in} ticks): {surges}"
+        assert (surges[1]["current_volume"], surges[1]["avg_volume_10m"]) == (5_000, 1_400.0)
+    finally:
+        assert restarted.stop() == 0
+
+
+SURGING = [f"{i:06d}" for i in range(100, 900, 100)]  # eight symbols surge in minute 12, at different seconds
+
+
+def morning(symbols: list[str]) -> list[dict[str, Any]]:
+    """09:00-09:15 for each symbol, 1,000 shares a minute; the i-th of SURGING trades 4,000 + 500 i in minute
+    12, so each crosses 3 x 1,000 at a different trade, and they compete for three slots."""
+    out = []
+    for symbol in symbols:
+        minutes = {m: 1_000 for m in range(16)}
+        if symbol in SURGING:
+            minutes[12] = 4_000 + 500 * SURGING.index(symbol)
+        ticks, _ = ticks_for(minutes)
+        out.extend(t | {"symbol": symbol} for t in ticks)
+    return sorted(out, key=lambda t: (t["event_time_us"], t["symbol"]))
+
+
+async def read_raw(settings: Settings, topic: str, idle_s: float = 3.0) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=500)
+            got = [r.value for rs in batch.values() for r in rs if r.value is not None]
+            out.extend(got)
+            if got:
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings, tmp_path: Path) -> None:
+    asyncio.run(apply_topics(isolated))
+    symbols = [f"{i:06d}" for i in range(100, 2_000, 100)]
+    ticks = morning(symbols)
+    asyncio.run(produce(isolated, ticks))
+    runs = {}
+    for run in ("runA", "runB"):
+        home = tmp_path / run
+        home.mkdir()
+        worker = WorkerProcess(
+            isolated,
+            home,
+            {
+                "OBSERVER_WORKER_APP_ID": run,
+                "OBSERVER_OUTPUT_PREFIX": f"{isolated.topic_prefix}{run}.",
+                "OBSERVER_SLOT_CAPACITY": "3",
+                "OBSERVER_SLOT_BOOTSTRAP": "[]",
+            },
+        )
+        try:
+            worker.wait_metric("observer_worker_ticks_in_total", len(ticks), deadline_s=90)
+            worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
+            worker.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+        finally:
+            assert worker.stop() == 0
+        out = isolated.model_copy(update={"topic_prefix": f"{isolated.topic_prefix}{run}."})
+        runs[run] = (
+            asyncio.run(read_raw(isolated, out.topic("slot.decisions"))),
+            asyncio.run(read_raw(isolated, out.topic("slot.overflow"))),
+        )
+    decisions_a, overflow_a = runs["runA"]
+    decisions_b, overflow_b = runs["runB"]
+    assert decisions_a == decisions_b and overflow_a == overflow_b, "byte-identical streams"
+    codec = default_codec()
+    decided = [codec.decode(v)[1] for v in decisions_a]
+    overflowed = [codec.decode(v)[1] for v in overflow_a]
+    assert [d["action"] for d in decided] == ["assign"] * 3
+    assert {d["symbol"] for d in decided} | {o["symbol"] for o in overflowed} == set(SURGING)
+    times = [d["decided_at_us"] for d in decided] + [o["decided_at_us"] for o in overflowed]
+    assert times == sorted(times), "decided in event-time order, the first three crossings took the slots"
