@@ -195,7 +195,13 @@ def kis_decode(source: Any) -> None:
 
 @cli.command()
 @click.option("--seed", default=1, show_default=True, help="Market seed: same seed, same trades.")
-@click.option("--date", "date_", default="2026-11-20", show_default=True, help="Business date (KST).")
+@click.option(
+    "--date",
+    "date_",
+    default=None,
+    help="Business date (KST), YYYY-MM-DD. Default: the latest KRX trading day, so that the ticks it causes are "
+    "within the topics' retention (the broker deletes records older than that by their trade time).",
+)
 @click.option("--start", default="09:00", show_default=True, help="Simulated start time, HH:MM[:SS] KST.")
 @click.option("--until", default=None, help="Stop when the simulated clock reaches HH:MM[:SS] KST.")
 @click.option("--speed", default=1.0, show_default=True, type=float, help="Simulated seconds per wall second.")
@@ -227,7 +233,7 @@ def kis_decode(source: Any) -> None:
 def sim(
     ctx: click.Context,
     seed: int,
-    date_: str,
+    date_: str | None,
     start: str,
     until: str | None,
     speed: float,
@@ -264,6 +270,10 @@ def sim(
     from app.sim.ws import WsFaults, WsLimits
 
     s = _settings(ctx)
+    if date_ is None:
+        from app.krx import latest_session, today_kst
+
+        date_ = latest_session(today_kst()).isoformat()
     try:
         start_at = parse_kst(f"{date_} {start}")
         until_at = parse_kst(f"{date_} {until}") if until else None

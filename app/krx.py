@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 KST = ZoneInfo("Asia/Seoul")
@@ -34,3 +35,17 @@ def is_continuous_trading(instant: dt.datetime) -> bool:
     """True during 09:00-15:20 KST on a KRX trading day."""
     local = instant.astimezone(KST)
     return is_trading_day(local.date()) and CONTINUOUS_OPEN <= local.time() < CONTINUOUS_CLOSE
+
+
+def latest_session(on_or_before: dt.date, *, regular: bool = False) -> dt.date:
+    """The last KRX trading day on or before ``on_or_before``. ``regular`` skips days that open late
+    (the year's first session and the college entrance exam day open at 10:00)."""
+    cal: Any = _calendar()
+    session = cal.date_to_session(on_or_before.isoformat(), direction="previous")
+    while regular and cal.session_open(session).tz_convert(KST).time() != CONTINUOUS_OPEN:
+        session = cal.previous_session(session)
+    return dt.date.fromisoformat(str(session.date()))
+
+
+def today_kst() -> dt.date:
+    return dt.datetime.now(KST).date()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import subprocess
 import sys
 import time
 
+from app.krx import KST, latest_session, today_kst
+
 OBSERVER = [sys.executable, "-m", "app.cli"]
+
+# Data written to Kafka is stamped with its trade time, and the broker deletes records older than a topic's
+# retention (30 days): so tests that go through Kafka trade on a recent day, never a fixed date.
+RECENT_SESSION = latest_session(today_kst() - dt.timedelta(days=1), regular=True)
+RECENT_OPEN = dt.datetime.combine(RECENT_SESSION, dt.time(9, 0), KST)
 
 
 def free_port() -> int:

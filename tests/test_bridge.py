@@ -24,13 +24,12 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from procs import OBSERVER, free_port, read_line
+from procs import OBSERVER, RECENT_OPEN, free_port, read_line
 
 from app.bridge.main import BridgeRun, run_bridge
 from app.config import Settings
 from app.kis.credentials import simulator_credentials
 from app.records import default_codec
-from app.sim.clock import KST
 from app.sim.market import Market
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults, WsLimits
@@ -38,7 +37,7 @@ from app.slots.policy import Decision
 from app.stack.kafka import LocalKafka
 from app.topics import apply_topics
 
-START = dt.datetime(2026, 11, 20, 9, 0, tzinfo=KST)
+START = RECENT_OPEN
 
 
 async def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> None:

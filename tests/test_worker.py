@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from procs import OBSERVER, free_port
+from procs import OBSERVER, RECENT_OPEN, free_port
 from test_codec import EXAMPLES
 
 from app.config import Settings
@@ -23,8 +23,8 @@ from app.surge.rule import MINUTE_US
 from app.topics import apply_topics
 
 SYMBOL = "005930"
-DAY = "20261120"
-T0 = 1_763_596_800_000_000  # 2026-11-20 09:00 KST, a minute boundary
+DAY = RECENT_OPEN.strftime("%Y%m%d")
+T0 = int(RECENT_OPEN.timestamp()) * 1_000_000  # 09:00 KST of a recent trading day, a minute boundary
 
 
 def ticks_for(minutes: dict[int, int], start_cum: int = 0, per_minute: int = 5) -> tuple[list[dict[str, Any]], int]:

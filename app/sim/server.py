@@ -27,10 +27,18 @@ from app.sim.ws import WsFaults, WsLimits, WsServer
 log = logging.getLogger(__name__)
 
 
+def latest_open() -> dt.datetime:
+    """09:00 KST of the latest KRX trading day: simulated ticks carry their trade time into Kafka, and a
+    fixed date would fall out of the topics' retention (and be deleted by the broker) a month later."""
+    from app.krx import KST, latest_session, today_kst
+
+    return dt.datetime.combine(latest_session(today_kst()), dt.time(9, 0), KST)
+
+
 @dataclass(frozen=True)
 class SimConfig:
     seed: int = 1
-    start: dt.datetime = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    start: dt.datetime = field(default_factory=latest_open)
     speed: float = 1.0
     n_symbols: int = 2000
     surges: Sequence[SurgeSpec] = ()
