@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     slot_capacity: int = Field(default=41, ge=1, le=41)  # KIS allows 41 registrations per app key
     slot_bootstrap: tuple[str, ...] = ("005930", "000660", "373220", "051910", "068270", "035720")
     slot_idle_s: float = Field(default=2.0, gt=0)  # a partition silent this long stops holding decisions back
+    # Scanner: every interval, KIS volume rankings (FID_BLNG_CLS_CODE: 0 by volume, 1 by volume increase
+    # rate) and the current price of each watchlist symbol, as snapshots; 0 turns it off.
+    scanner_interval_s: float = Field(default=5.0, ge=0)
+    scanner_rankings: list[str] = Field(default_factory=lambda: ["0", "1"])
+    scanner_watchlist: list[str] = Field(default_factory=list)
     # Output topics (surges, decisions, overflow) get this prefix instead of topic_prefix when set: a replay
     # or a second app id writes beside the live outputs while reading the same inputs.
     output_prefix: str | None = None

@@ -11,11 +11,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.bridge.assignments import AssignmentFollower
 from app.bridge.journal import Journal, JournalRecord
-from app.bridge.main import choose_credentials
 from app.bridge.metrics import BridgeMetrics
 from app.bridge.publisher import Mode, Publisher, PublisherConfig
 from app.config import ConfigError, Settings
-from app.kis.credentials import simulator_credentials
+from app.kis.credentials import choose_credentials, simulator_credentials
 from app.records import default_codec
 from app.slots.policy import Decision
 from app.topics import apply_topics, load_topics

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class WorkerProcess:
             "OBSERVER_TOPIC_PREFIX": settings.topic_prefix,
             "OBSERVER_KAFKA_PORT": str(settings.kafka_port),
             "OBSERVER_SURGE_MIN_VOLUME": "1000",
+            "OBSERVER_SCANNER_INTERVAL_S": "0",  # no KIS here; the scanner test turns it on
             **(extra_env or {}),
         }
         self.log = open(home / f"worker-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
@@ -122,8 +124,14 @@ class WorkerProcess:
 
 
 async def read_surges(
-    settings: Settings, expected: int, worker: WorkerProcess, deadline_s: float = 90
+    settings: Settings,
+    expected: int,
+    worker: WorkerProcess,
+    deadline_s: float = 90,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
 ) -> list[dict[str, Any]]:
+    """Surges from the start of the topic, until ``expected`` of them (or ``until`` holds) or the deadline."""
+    done = until or (lambda got: len(got) >= expected)
     codec = default_codec()
     consumer = AIOKafkaConsumer(
         settings.topic("observer.surges"),
@@ -135,7 +143,7 @@ async def read_surges(
     out: list[dict[str, Any]] = []
     end = time.monotonic() + deadline_s
     try:
-        while len(out) < expected and time.monotonic() < end:
+        while not done(out) and time.monotonic() < end:
             assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}; see {worker.log.name}"
             batch = await consumer.getmany(timeout_ms=500)
             out.extend(codec.decode(r.value)[1] for rs in batch.values() for r in rs)
@@ -253,3 +261,48 @@ def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings
     assert {d["symbol"] for d in decided} | {o["symbol"] for o in overflowed} == set(SURGING)
     times = [d["decided_at_us"] for d in decided] + [o["decided_at_us"] for o in overflowed]
     assert times == sorted(times), "decided in event-time order, the first three crossings took the slots"
+
+
+def test_the_scanner_lets_a_symbol_without_a_slot_surge_on_snapshots(isolated: Settings, worker_home: Path) -> None:
+    """The simulator at 60x; nobody subscribes to anything, so 003920's volume is seen only by the scanner's
+    inquire_price polls. Its surge at 09:12 (20x for 3 minutes) must come out as a snapshot surge, stamped
+    with the simulated time the REST replies carried."""
+    asyncio.run(apply_topics(isolated))
+    rest_port, ws_port = free_port(), free_port()
+    worker = WorkerProcess(
+        isolated,
+        worker_home,
+        {
+            "OBSERVER_KIS_REST_URL": f"http://127.0.0.1:{rest_port}",
+            "OBSERVER_SCANNER_INTERVAL_S": "0.5",
+            "OBSERVER_SCANNER_RANKINGS": '["0"]',
+            "OBSERVER_SCANNER_WATCHLIST": '["003920"]',
+        },
+    )
+    sim = None
+    try:
+        worker.wait_metric('observer_scanner_polls_total{outcome="failed_call"}', 1, deadline_s=60)  # ready, no KIS
+        sim_args = ["--rest-port", str(rest_port), "--ws-port", str(ws_port), "--speed", "60", "--start", "09:00"]
+        sim_args += ["--date", RECENT_OPEN.date().isoformat(), "--surge", "003920@09:12+3x20"]
+        sim = subprocess.Popen(
+            [*OBSERVER, "sim", *sim_args],
+            stdout=subprocess.DEVNULL,
+            stderr=open(worker_home / "sim.err", "w"),  # noqa: SIM115 - the child keeps it
+        )
+        ours = lambda got: any(s["symbol"] == "003920" for s in got)  # noqa: E731
+        surges = asyncio.run(read_surges(isolated, 0, worker, deadline_s=90, until=ours))
+        assert sim.poll() is None, (worker_home / "sim.err").read_text()
+        # Others may surge too (the volume ranking sees the whole market); ours is seen by its price polls.
+        surge = next(s for s in surges if s["symbol"] == "003920")
+        assert surge["source"] == "snapshots" and all(s["source"] == "snapshots" for s in surges)
+        window = dt.datetime.fromtimestamp(surge["window_start_us"] / 1e6, RECENT_OPEN.tzinfo)
+        assert dt.time(9, 12) <= window.time() < dt.time(9, 15), f"the surge's minute is simulated time: {window}"
+        assert surge["surge_ratio"] >= 3 and surge["business_date"] == DAY
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(timeout=30)
+        assert worker.stop() == 0
+    snapshots = [default_codec().decode(v)[1] for v in asyncio.run(read_raw(isolated, isolated.topic("kis.snapshots")))]
+    assert snapshots and all(s["business_date"] == DAY for s in snapshots)
+    assert {s["source"] for s in snapshots} == {"volume_rank", "inquire_price"}

@@ -9,33 +9,19 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from app.bridge.assignments import AssignmentFollower
 from app.bridge.journal import Journal
 from app.bridge.metrics import BridgeMetrics
 from app.bridge.publisher import Publisher, PublisherConfig
 from app.bridge.service import Bridge, BridgeConfig
-from app.config import ConfigError, Settings
-from app.kis.credentials import KisCredentials, load_credentials, simulator_credentials
+from app.config import Settings
+from app.kis.credentials import choose_credentials
 from app.kis.rest import KisRestClient
 from app.krx import is_continuous_trading
 from app.records import default_codec
 
 log = logging.getLogger(__name__)
-
-
-def choose_credentials(settings: Settings, env: dict[str, str]) -> KisCredentials:
-    """Real credentials when configured; the simulator's fake ones only for a loopback KIS."""
-    if any(k in env for k in ("OBSERVER_KIS_APP_KEY", "OBSERVER_KIS_APP_SECRET", "OBSERVER_KIS_SECRETS_FILE")):
-        return load_credentials(env, None, app_key_id=settings.bridge_app_key_id)
-    host = urlsplit(settings.kis_rest_url).hostname or ""
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return simulator_credentials(settings.bridge_app_key_id)
-    raise ConfigError(
-        f"no KIS credentials for {settings.kis_rest_url}: set OBSERVER_KIS_APP_KEY and "
-        "OBSERVER_KIS_APP_SECRET, or OBSERVER_KIS_SECRETS_FILE"
-    )
 
 
 @dataclass

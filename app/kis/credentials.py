@@ -19,10 +19,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
-from app.config import PROJECT_ROOT, ConfigError
+from app.config import PROJECT_ROOT, ConfigError, Settings
 
 ENV_APP_KEY = "OBSERVER_KIS_APP_KEY"
 ENV_APP_SECRET = "OBSERVER_KIS_APP_SECRET"
@@ -229,3 +230,16 @@ def simulator_credentials(app_key_id: str) -> KisCredentials:
     app_key = "PS" + stream("appkey", 34)
     app_secret = stream("appsecret", 180)
     return KisCredentials(app_key_id=app_key_id, app_key=SecretStr(app_key), app_secret=SecretStr(app_secret))
+
+
+def choose_credentials(settings: Settings, env: Mapping[str, str]) -> KisCredentials:
+    """Real credentials when configured; the simulator's fake ones only for a loopback KIS."""
+    if any(k in env for k in ("OBSERVER_KIS_APP_KEY", "OBSERVER_KIS_APP_SECRET", "OBSERVER_KIS_SECRETS_FILE")):
+        return load_credentials(env, None, app_key_id=settings.bridge_app_key_id)
+    host = urlsplit(settings.kis_rest_url).hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return simulator_credentials(settings.bridge_app_key_id)
+    raise ConfigError(
+        f"no KIS credentials for {settings.kis_rest_url}: set OBSERVER_KIS_APP_KEY and "
+        "OBSERVER_KIS_APP_SECRET, or OBSERVER_KIS_SECRETS_FILE"
+    )

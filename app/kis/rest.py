@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
 import fcntl
 import logging
 import os
@@ -174,6 +175,9 @@ class KisRestClient:
         self.token_requests = 0  # POST /oauth2/tokenP sent
         self.token_refreshes = 0  # tokens replaced after EGW00121/EGW00123
         self.cache_problems = 0  # unreadable / unsafe token cache files ignored
+        # The server's clock (HTTP Date) at the last successful quotation reply, epoch seconds; our own wall
+        # clock when the reply had no usable Date. Scanner snapshots take their event time from it.
+        self.last_server_time: float | None = None
 
     def __repr__(self) -> str:
         return f"KisRestClient(base_url={self.base_url!r}, app_key_id={self.app_key_id!r})"
@@ -542,6 +546,7 @@ class KisRestClient:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
+                server_time = _http_date(resp.headers.get("Date")) or self._wall()
         except TimeoutError:
             return 0, {}, KisApiError(endpoint, 0, "TIMEOUT", f"no response within {self.timeout_s:g} s")
         except aiohttp.ClientError as exc:
@@ -555,6 +560,7 @@ class KisRestClient:
             return status, {}, KisApiError(endpoint, status, "NOT_JSON", "reply is not a JSON object")
         if status != 200:
             return status, doc, self._failure(endpoint, status, doc)
+        self.last_server_time = server_time
         return status, doc, None
 
     def _failure(self, endpoint: str, status: int, doc: dict[str, Any]) -> KisApiError:
@@ -599,6 +605,15 @@ class KisRestClient:
             if len(secret) >= 8 and secret in text:
                 text = text.replace(secret, "[redacted]")
         return text
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _all_str(doc: dict[Any, Any]) -> bool:

@@ -41,6 +41,7 @@ import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -347,7 +348,14 @@ def _biz_error(request: web.Request, rt_cd: str, msg_cd: str, msg1: str) -> web.
 
 def _ok(request: web.Request, output: Any, tr_id: str) -> web.Response:
     _state(request).stats.code(request[_ENDPOINT], MSG_OK[0])
-    headers = {"tr_id": tr_id, "tr_cont": "D", "gt_uid": secrets.token_hex(16)}
+    # Date is the simulated clock (a real server's is its wall clock): clients stamp snapshots with it.
+    sim_now_s = _state(request).clock() / 1e6
+    headers = {
+        "tr_id": tr_id,
+        "tr_cont": "D",
+        "gt_uid": secrets.token_hex(16),
+        "Date": formatdate(sim_now_s, usegmt=True),
+    }
     return _json({"output": output, "rt_cd": "0", "msg_cd": MSG_OK[0], "msg1": MSG_OK[1]}, headers=headers)
 
 

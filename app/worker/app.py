@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from app.config import Settings
+from app.kis.credentials import choose_credentials
+from app.kis.rest import KisRestClient
 from app.krx import is_trading_day
 from app.records import CodecError, default_codec
+from app.scanner import Scanner
 from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
 from app.slots.policy import Candidate, Decision, SlotPolicy
 from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
@@ -45,6 +50,9 @@ class WorkerMetrics:
         self.slot_inputs = Counter("observer_worker_slot_inputs", "Slot manager inputs", ["kind"], registry=r)
         self.decisions = Counter("observer_worker_slot_decisions", "Slot decisions published", ["action"], registry=r)
         self.overflow = Counter("observer_worker_slot_overflow", "Overflow records published", ["reason"], registry=r)
+        self.snapshots_in = Counter("observer_worker_snapshots_in", "Snapshots the surge agent took in", registry=r)
+        self.scanner_polls = Counter("observer_scanner_polls", "Scanner polls", ["outcome"], registry=r)
+        self.snapshots_out = Counter("observer_scanner_snapshots", "Snapshots published by the scanner", registry=r)
         self.slots_used = Gauge("observer_worker_slots_used", "Slots held", registry=r)
         self.pending = Gauge("observer_worker_slot_pending", "Inputs waiting for the watermark", registry=r)
 
@@ -141,8 +149,16 @@ def create_app(settings: Settings) -> faust.App:
         retain_minutes=settings.surge_lookback_minutes + 2,
     )
 
-    ticks_topic = app.topic(
-        settings.topic("kis.ticks.raw"), key_serializer="raw", value_serializer="raw", internal=False
+    snapshots_topic = app.topic(
+        settings.topic("kis.snapshots"), key_serializer="raw", value_serializer=codec_name("Snapshot")
+    )
+    # The surge agent reads both inputs as raw bytes; keyed by symbol, 12 partitions each, so a symbol's
+    # ticks and snapshots land in the same partition of the windows table.
+    observations_topic = app.topic(
+        settings.topic("kis.ticks.raw"),
+        settings.topic("kis.snapshots"),
+        key_serializer="raw",
+        value_serializer="raw",
     )
     surges_topic = app.topic(
         settings.output_topic("observer.surges"), key_serializer="raw", value_serializer=codec_name("SurgeEvent")
@@ -189,28 +205,40 @@ def create_app(settings: Settings) -> faust.App:
 
     progress_second: dict[str, int] = {}
 
-    @app.agent(ticks_topic)
+    snapshots_name = settings.topic("kis.snapshots")
+
+    @app.agent(observations_topic)
     async def surge_agent(stream: Any) -> None:
         async for event in stream.events():
-            metrics.ticks_in.inc()
+            kind = "snapshots" if event.message.topic == snapshots_name else "ticks"
+            (metrics.snapshots_in if kind == "snapshots" else metrics.ticks_in).inc()
             try:
-                name, tick = codec.decode(event.value)
+                name, value = codec.decode(event.value)
             except CodecError as exc:
                 await dead_letter(event, "undecodable", str(exc))
                 continue
-            if name != "RawTick":
-                await dead_letter(event, "wrong_record", f"a {name} record on the ticks topic")
+            if kind == "ticks" and name == "RawTick":
+                obs = Observation(
+                    value["symbol"],
+                    value["business_date"],
+                    value["event_time_us"],
+                    value["cumulative_volume"],
+                    value["trade_volume"],
+                    "ticks",
+                )
+            elif kind == "snapshots" and name == "Snapshot":
+                obs = Observation(
+                    value["symbol"],
+                    value["business_date"],
+                    value["snapshot_time_us"],
+                    value["cumulative_volume"],
+                    None,
+                    "snapshots",
+                )
+            else:
+                await dead_letter(event, "wrong_record", f"a {name} record on {event.message.topic}")
                 continue
-            symbol: str = tick["symbol"]
-            key = symbol.encode()
-            obs = Observation(
-                symbol,
-                tick["business_date"],
-                tick["event_time_us"],
-                tick["cumulative_volume"],
-                tick["trade_volume"],
-                "ticks",
-            )
+            key = obs.symbol.encode()
             stored = windows.get(key)
             state = SymbolWindows.from_record(codec.decode(stored)[1]) if stored is not None else None
             state, surge, late = observe(state, obs, rule)
@@ -218,7 +246,7 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.late_ticks.inc()
                 continue
             windows[key] = codec.encode("SurgeWindows", state.to_record())
-            source = f"ticks/{event.message.partition}"
+            source = f"{kind}/{event.message.partition}"
             if surge is not None:
                 metrics.surges_out.labels(surge.source).inc()
                 await surges_topic.send(key=key, value=surge.to_record())
@@ -229,7 +257,7 @@ def create_app(settings: Settings) -> faust.App:
                 await candidates_topic.send(key=b"c", value=progress_record(source, obs.event_time_us))
 
     slot_table = app.Table("slot-manager", partitions=1, key_type=bytes, value_type=bytes)
-    sources = frozenset({f"ticks/{p}" for p in range(12)} | {SUBSCRIPTIONS_SOURCE})
+    sources = frozenset({f"{kind}/{p}" for kind in ("ticks", "snapshots") for p in range(12)} | {SUBSCRIPTIONS_SOURCE})
     policy = SlotPolicy(
         app_key_ids=tuple(settings.slot_app_key_ids),
         capacity=settings.slot_capacity,
@@ -306,12 +334,65 @@ def create_app(settings: Settings) -> faust.App:
         """Wakes the slot manager so that idle partitions stop holding decisions back."""
         await candidates_topic.send(key=b"c", value=clock_record())
 
+    if settings.scanner_interval_s > 0:
+        install_scanner(app, settings, metrics, snapshots_topic, dlq_topic)
+
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
     app.observer_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, out: Any, dlq: Any) -> None:
+    """The scanner timer: on the leader only (one poller per app, however many workers), paced by the client."""
+    credentials = choose_credentials(settings, os.environ)  # a missing credential fails the start, loudly
+    rest = KisRestClient(
+        settings.kis_rest_url,
+        credentials,
+        settings.home / "kis" / "tokens.json",
+        requests_per_second=settings.kis_rest_requests_per_second,
+        max_retries=2,  # the next poll is the retry; a stuck poll would only delay it
+    )
+    scanner = Scanner(rest, settings.scanner_rankings, settings.scanner_watchlist)
+    opened: list[bool] = []
+
+    @app.timer(interval=settings.scanner_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
+    async def scan() -> None:
+        if not opened:
+            await rest.__aenter__()
+            opened.append(True)
+        result = await scanner.poll()
+        metrics.scanner_polls.labels("failed_call" if result.failed_calls else "ok").inc()
+        for failure in result.failed_calls:
+            log.warning("scanner: %s", failure)
+        for record in result.snapshots:
+            await out.send(key=record["symbol"].encode(), value=record)
+            metrics.snapshots_out.inc()
+        for row, reason in result.rejected:
+            metrics.dead_letters.labels("bad_snapshot").inc()
+            log.warning("scanner: dead-lettered a REST row: %s", reason)
+            await dlq.send(
+                key=b"scanner",
+                value={
+                    "stage": "scanner",
+                    "reason": "bad_snapshot",
+                    "detail": reason,
+                    "payload": orjson.dumps(row),
+                    "received_at_us": time.time_ns() // 1000,
+                    "source_topic": None,
+                    "source_partition": None,
+                    "source_offset": None,
+                    "session_id": None,
+                    "frame_seq": None,
+                },
+            )
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_rest(app: Any, **kwargs: Any) -> None:
+        if opened:
+            await rest.__aexit__(None, None, None)
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,0 +1,136 @@
+"""The market scanner: KIS REST volume rankings and current prices as ``Snapshot`` records.
+
+Symbols without a WebSocket slot are seen only through these polls. Their cumulative volume (``acml_vol``)
+feeds the same surge windows as the ticks (see ``app.surge.rule``), so such a symbol can surge into a slot.
+A snapshot's event time is the KIS server's clock (the reply's HTTP Date), so that against the simulator it
+is simulated time, like the ticks' trade times.
+
+Parsing is pure (rows in, records or a reason out); :class:`Scanner` does the polling, paced by the REST
+client, and never raises out of a poll: a failed call is counted and the next interval tries again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.kis.rest import KisApiError, KisRestClient
+from app.krx import KST
+
+log = logging.getLogger(__name__)
+
+SOURCE_VOLUME_RANK = "volume_rank"
+SOURCE_INQUIRE_PRICE = "inquire_price"
+
+
+class BadSnapshot(ValueError):
+    """A REST row that cannot become a Snapshot (its reason names the field)."""
+
+
+def _int(row: dict[str, str], name: str) -> int:
+    try:
+        return int(row[name])
+    except KeyError:
+        raise BadSnapshot(f"missing {name}") from None
+    except ValueError:
+        raise BadSnapshot(f"{name}={row[name]!r} is not an integer") from None
+
+
+def _float(row: dict[str, str], name: str) -> float:
+    try:
+        return float(row.get(name) or "0")
+    except ValueError:
+        raise BadSnapshot(f"{name}={row[name]!r} is not a number") from None
+
+
+def snapshot_record(
+    row: dict[str, str], symbol: str | None, source: str, server_time_s: float, rank: int | None = None
+) -> dict[str, Any]:
+    """One Snapshot from one REST row (``symbol`` from the row's ``mksc_shrn_iscd`` when None)."""
+    code = symbol if symbol is not None else row.get("mksc_shrn_iscd", "")
+    if len(code) != 6 or not code.isalnum():
+        raise BadSnapshot(f"symbol {code!r} is not a 6-character short code")
+    volume = _int(row, "acml_vol")
+    if volume < 0:
+        raise BadSnapshot(f"acml_vol={volume} is negative")
+    when_us = int(server_time_s * 1_000_000)
+    return {
+        "symbol": code,
+        "business_date": dt.datetime.fromtimestamp(server_time_s, KST).strftime("%Y%m%d"),
+        "snapshot_time_us": when_us,
+        "source": source,
+        "price": _int(row, "stck_prpr"),
+        "cumulative_volume": volume,
+        "change_rate": _float(row, "prdy_ctrt"),
+        "rank": rank,
+        "raw": dict(row),
+    }
+
+
+@dataclass
+class PollResult:
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[dict[str, str], str]] = field(default_factory=list)  # (row, reason)
+    failed_calls: list[str] = field(default_factory=list)  # "endpoint: error"
+
+
+class Scanner:
+    """One poll = each configured ranking, then each watchlist symbol's current price."""
+
+    def __init__(
+        self,
+        rest: KisRestClient,
+        rankings: Sequence[str],
+        watchlist: Sequence[str],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rest = rest
+        self.rankings = tuple(rankings)
+        self.watchlist = tuple(watchlist)
+        self._wall = wall_clock
+
+    def _server_time(self) -> float:
+        return self.rest.last_server_time if self.rest.last_server_time is not None else self._wall()
+
+    async def poll(self) -> PollResult:
+        """Stops at the first failed call: KIS is down or refusing, and the next poll is the retry."""
+        result = PollResult()
+        seen: set[str] = set()  # a symbol in two rankings is one observation
+        for blng in self.rankings:
+            rows = await self._call(result, f"volume_rank/{blng}", self.rest.volume_rank(blng_cls=blng))
+            if rows is None:
+                return result
+            when = self._server_time()
+            for row in rows:
+                try:
+                    rank = int(row.get("data_rank") or 0) or None
+                    record = snapshot_record(row, None, SOURCE_VOLUME_RANK, when, rank)
+                except (BadSnapshot, ValueError) as exc:
+                    result.rejected.append((row, str(exc)))
+                    continue
+                if record["symbol"] not in seen:
+                    seen.add(record["symbol"])
+                    result.snapshots.append(record)
+        for code in self.watchlist:
+            if code in seen:
+                continue
+            output = await self._call(result, f"inquire_price/{code}", self.rest.inquire_price(code))
+            if output is None:
+                return result
+            try:
+                result.snapshots.append(snapshot_record(output, code, SOURCE_INQUIRE_PRICE, self._server_time()))
+            except BadSnapshot as exc:
+                result.rejected.append((output, str(exc)))
+        return result
+
+    @staticmethod
+    async def _call(result: PollResult, what: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except KisApiError as exc:  # already counted and logged by the client; the next poll retries
+            result.failed_calls.append(f"{what}: {exc}")
+            return None
