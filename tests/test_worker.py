@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -221,6 +224,47 @@ async def read_raw(settings: Settings, topic: str, idle_s: float = 3.0) -> list[
     return out
 
 
+def get_json(worker: WorkerProcess, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def check_views(worker: WorkerProcess, home: Path) -> None:
+    """The JSON views and the status page, as a browser renders it, after 8 surges fought for 3 slots."""
+    code, health = get_json(worker, "/api/health")
+    assert (code, health["status"]) == (200, "ok") and health["assigned_partitions"] > 0, health
+    _, slots = get_json(worker, "/api/slots")
+    held = {h["symbol"] for h in slots["pools"]["main"]}
+    assert slots["owner"] and slots["held"] == 3 and held <= set(SURGING), slots
+    _, surges = get_json(worker, "/api/surges")
+    assert sorted(s["symbol"] for s in surges["surges"]) == sorted(SURGING)
+    _, windows = get_json(worker, f"/api/symbols/{SURGING[0]}/windows")
+    assert windows["business_date"] == DAY and sum(m["volume"] for m in windows["minutes"]) > 0, windows
+    code, missing = get_json(worker, "/api/symbols/999999/windows")
+    assert code == 404 and "no windows" in missing["error"]
+    _, counters = get_json(worker, "/api/counters")
+    assert counters['observer_worker_surges_total{source="ticks"}'] == len(SURGING)
+
+    chromium = shutil.which("chromium")
+    assert chromium, "the status page test needs Debian's chromium package (.ci/run installs it)"
+    url = f"http://127.0.0.1:{worker.port}/"
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'id="health" class="big ok">health: ok<' in dom, dom[:2000]
+    assert '<span id="held">3</span> of 3 held' in dom
+    assert f'<span id="surge-count">{len(SURGING)}</span>' in dom
+    for symbol in held:
+        assert f'<td class="sym">{symbol}</td>' in dom
+    shot = home / "status.png"
+    subprocess.run(
+        [*browser, "--window-size=1000,1400", f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True
+    )
+    assert shot.stat().st_size > 10_000, "a rendered page, not a blank one"
+
+
 def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings, tmp_path: Path) -> None:
     asyncio.run(apply_topics(isolated))
     symbols = [f"{i:06d}" for i in range(100, 2_000, 100)]
@@ -244,6 +288,8 @@ def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings
             worker.wait_metric("observer_worker_ticks_in_total", len(ticks), deadline_s=90)
             worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
             worker.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+            if run == "runA":
+                check_views(worker, home)
         finally:
             assert worker.stop() == 0
         out = isolated.model_copy(update={"topic_prefix": f"{isolated.topic_prefix}{run}."})

@@ -29,6 +29,7 @@ from app.slots.manager import Refusal, SlotManager, restore_state, state_to_reco
 from app.slots.policy import Candidate, Decision, SlotPolicy
 from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
 from app.worker.codecs import codec_name, register_avro_codecs
+from app.worker.views import WorkerState, counters, health_view, slots_view, status_page
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def create_app(settings: Settings) -> faust.App:
         web_transport="tcp://",
     )
     metrics = WorkerMetrics(CollectorRegistry())
+    view_state = WorkerState(metrics.registry)
     codec = default_codec()
     rule = SurgeRule(
         multiplier=settings.surge_multiplier,
@@ -238,6 +240,7 @@ def create_app(settings: Settings) -> faust.App:
             else:
                 await dead_letter(event, "wrong_record", f"a {name} record on {event.message.topic}")
                 continue
+            view_state.last_input_monotonic = time.monotonic()
             key = obs.symbol.encode()
             stored = windows.get(key)
             state = SymbolWindows.from_record(codec.decode(stored)[1]) if stored is not None else None
@@ -249,6 +252,7 @@ def create_app(settings: Settings) -> faust.App:
             source = f"{kind}/{event.message.partition}"
             if surge is not None:
                 metrics.surges_out.labels(surge.source).inc()
+                view_state.recent_surges.append(surge.to_record())
                 await surges_topic.send(key=key, value=surge.to_record())
                 await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
             second = obs.event_time_us // 1_000_000
@@ -341,8 +345,53 @@ def create_app(settings: Settings) -> faust.App:
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
+    def windows_of(symbol: str) -> dict[str, Any] | None:
+        stored = windows.get(symbol.encode())
+        return None if stored is None else codec.decode(stored)[1]
+
+    view_state.manager = lambda: box.get("m")
+    view_state.windows = windows_of
+    install_views(app, view_state)
+
     app.observer_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def install_views(app: faust.App, state: WorkerState) -> None:
+    def health() -> tuple[dict[str, Any], int]:
+        try:
+            assigned = len(app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - the consumer is not started yet: report "starting"
+            assigned = 0
+        return health_view(state, assigned, bool(app.rebalancing))
+
+    @app.page("/")
+    async def status(web: Any, request: Any) -> Any:
+        return web.html(status_page(state, health()[0]))
+
+    @app.page("/api/health")
+    async def health_json(web: Any, request: Any) -> Any:
+        doc, code = health()
+        return web.json(doc, status=code)
+
+    @app.page("/api/slots")
+    async def slots_json(web: Any, request: Any) -> Any:
+        return web.json(slots_view(state.manager()))
+
+    @app.page("/api/surges")
+    async def surges_json(web: Any, request: Any) -> Any:
+        return web.json({"surges": list(reversed(state.recent_surges))})
+
+    @app.page("/api/counters")
+    async def counters_json(web: Any, request: Any) -> Any:
+        return web.json(counters(state.registry))
+
+    @app.page("/api/symbols/{symbol}/windows")
+    async def windows_json(web: Any, request: Any, symbol: str) -> Any:
+        found = state.windows(symbol)
+        if found is None:
+            return web.json({"symbol": symbol, "error": "no windows for this symbol on this worker"}, status=404)
+        return web.json({"symbol": symbol, **found})
 
 
 def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, out: Any, dlq: Any) -> None:
