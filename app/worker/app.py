@@ -1,4 +1,4 @@
-"""The Faust app (``observer worker``): the surge agent now; the slot manager and web views join it.
+"""The Faust app (``observer worker``): surge agent, scanner, slot manager agent and web views.
 
 Built by a factory rather than at import time, because topic names and the app id depend on the
 configuration (tests give every run its own prefix). Inputs are read as raw bytes and decoded here, so a
