@@ -29,6 +29,7 @@ from app.slots.manager import Refusal, SlotManager, restore_state, state_to_reco
 from app.slots.policy import Candidate, Decision, SlotPolicy
 from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
 from app.worker.codecs import codec_name, register_avro_codecs
+from app.worker.transport import ObserverApp
 from app.worker.views import WorkerState, counters, health_view, slots_view, status_page
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def create_app(settings: Settings) -> faust.App:
     app_id = f"{settings.topic_prefix}{settings.worker_app_id}"
     datadir = settings.home / "worker" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = ObserverApp(
         app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",  # state lives in changelog topics and is rebuilt from them at start
