@@ -38,7 +38,7 @@ from app.kis.protocol import (
 )
 from app.kis.rest import KisApiError
 from app.kis.ticks import frame_to_ticks
-from app.records import CodecError, RecordCodec
+from app.records import CodecError, RecordCodec, dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -264,20 +264,12 @@ class Bridge:
             reason,
             detail[:200],
         )
+        payload = text.encode("utf-8", "surrogateescape")
         value = self.codec.encode(
             "DeadLetter",
-            {
-                "stage": "bridge",
-                "reason": reason,
-                "detail": detail,
-                "payload": text.encode("utf-8", "surrogateescape"),
-                "received_at_us": received_at_us,
-                "source_topic": None,
-                "source_partition": None,
-                "source_offset": None,
-                "session_id": state.session_id,
-                "frame_seq": frame_seq,
-            },
+            dead_letter_record(
+                "bridge", reason, detail, payload, received_at_us, session_id=state.session_id, frame_seq=frame_seq
+            ),
         )
         self.publisher.submit(
             [JournalRecord(self.config.dlq_topic, b"bridge", value, received_at_us // 1000, received_at_us)]

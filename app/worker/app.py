@@ -17,13 +17,14 @@ from typing import Any
 
 import faust
 import orjson
+from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from app.config import Settings
 from app.kis.credentials import choose_credentials
 from app.kis.rest import KisRestClient
 from app.krx import is_trading_day
-from app.records import CodecError, default_codec
+from app.records import CodecError, dead_letter_record, default_codec
 from app.scanner import Scanner
 from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
 from app.slots.policy import Candidate, Decision, SlotPolicy
@@ -192,18 +193,14 @@ def create_app(settings: Settings) -> faust.App:
         log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:200])
         await dlq_topic.send(
             key=b"worker",
-            value={
-                "stage": "surge_agent",
-                "reason": reason,
-                "detail": detail,
-                "payload": msg.value or b"",
-                "received_at_us": time.time_ns() // 1000,
-                "source_topic": msg.topic,
-                "source_partition": msg.partition,
-                "source_offset": msg.offset,
-                "session_id": None,
-                "frame_seq": None,
-            },
+            value=dead_letter_record(
+                "surge_agent",
+                reason,
+                detail,
+                msg.value or b"",
+                time.time_ns() // 1000,
+                source=(msg.topic, msg.partition, msg.offset),
+            ),
         )
 
     progress_second: dict[str, int] = {}
@@ -253,8 +250,9 @@ def create_app(settings: Settings) -> faust.App:
             source = f"{kind}/{event.message.partition}"
             if surge is not None:
                 metrics.surges_out.labels(surge.source).inc()
-                view_state.recent_surges.append(surge.to_record())
-                await surges_topic.send(key=key, value=surge.to_record())
+                surge_record = surge.to_record()
+                view_state.recent_surges.append(surge_record)
+                await surges_topic.send(key=key, value=surge_record)
                 await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
             second = obs.event_time_us // 1_000_000
             if second > progress_second.get(source, -1):  # at most one marker per source and second
@@ -362,7 +360,7 @@ def install_views(app: faust.App, state: WorkerState) -> None:
     def health() -> tuple[dict[str, Any], int]:
         try:
             assigned = len(app.consumer.assignment())
-        except Exception:  # noqa: BLE001 - the consumer is not started yet: report "starting"
+        except ConsumerNotStarted:  # reported as "starting"
             assigned = 0
         return health_view(state, assigned, bool(app.rebalancing))
 
@@ -425,18 +423,7 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
             log.warning("scanner: dead-lettered a REST row: %s", reason)
             await dlq.send(
                 key=b"scanner",
-                value={
-                    "stage": "scanner",
-                    "reason": "bad_snapshot",
-                    "detail": reason,
-                    "payload": orjson.dumps(row),
-                    "received_at_us": time.time_ns() // 1000,
-                    "source_topic": None,
-                    "source_partition": None,
-                    "source_offset": None,
-                    "session_id": None,
-                    "frame_seq": None,
-                },
+                value=dead_letter_record("scanner", "bad_snapshot", reason, orjson.dumps(row), time.time_ns() // 1000),
             )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
