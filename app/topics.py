@@ -198,13 +198,18 @@ def _create_errors(resp: Any) -> list[tuple[str, int, str | None]]:
     return errors
 
 
-async def delete_topics(settings: Settings, names: list[str]) -> None:
+async def delete_topics(settings: Settings, names: list[str] | None = None) -> None:
+    """Delete the named topics (full names), or with no names every topic under ``settings.topic_prefix``."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        if names is None:
+            if not settings.topic_prefix:
+                raise ValueError("refusing to delete every topic: no topic prefix is set")
+            names = sorted(n for n in existing if n.startswith(settings.topic_prefix))
         doomed = [n for n in names if n in existing]
         if doomed:
             await admin.delete_topics(doomed, timeout_ms=30000)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.bridge.journal import JournalRecord
 from app.bridge.main import BridgeRun, run_bridge
 from app.config import Settings, load_settings
+from app.krx import latest_session, today_kst
 from app.records import default_codec
 from app.sim.clock import KST
 from app.sim.market import Market, Trade
@@ -52,8 +53,8 @@ from app.topics import TopicSpec, apply_topics, delete_topics, load_topics
 TARGET_TICKS_PER_S = 50_000
 TARGET_RATIO = 0.8
 TARGET_P99_MS = 20.0
-DAY = dt.date(2026, 11, 20)
-PRE_OPEN = dt.datetime(2026, 11, 20, 8, 0, tzinfo=KST)  # the market makes no trades of its own before 09:00
+DAY = latest_session(today_kst() - dt.timedelta(days=1), regular=True)  # within the topics' retention
+PRE_OPEN = dt.datetime.combine(DAY, dt.time(8, 0), KST)  # the market makes no trades of its own before 09:00
 SLOTS = 41
 
 
@@ -352,7 +353,7 @@ async def bench(args: argparse.Namespace) -> int:
         stop.set()
         await asyncio.wait_for(task, 120)
         sim.close()
-        await delete_topics(settings, list(specs))
+        await delete_topics(settings)
 
     bridge_best, send_best, batch_best = max(results["bridge"]), max(results["send"]), max(results["batch"])
     ratio = bridge_best / send_best

@@ -18,7 +18,7 @@ from psycopg import sql
 from app.config import Settings, load_settings
 from app.stack.kafka import LocalKafka
 from app.stack.postgres import LocalPostgres
-from app.topics import delete_topics, load_topics
+from app.topics import delete_topics
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +44,7 @@ def isolated(stack: Settings) -> Iterator[Settings]:
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = stack.model_copy(update={"topic_prefix": prefix})
     yield settings
-    names = [settings.topic(name) for name in load_topics()]
-    asyncio.run(delete_topics(settings, names))
+    asyncio.run(delete_topics(settings))  # the catalogue's and the worker's own (changelogs, candidates)
 
 
 @pytest.fixture

@@ -269,6 +269,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                 "decision_id": "key-a-1736899140000000-3f2a",
             }
         ],
+        "applied_offsets": {"observer-slot-candidates:0": 1234, "kis.subscriptions:0": 56},
+        "offered_minutes": {"005930": kst_us("20250115", "093000") // 60_000_000},
     },
     "SlotDecision": {
         "decision_id": "d-20250115-000187",
@@ -338,6 +340,7 @@ EXPECTED_FIELDS = {
     ],
     "SlotManagerState": [
         "clock_us", "released_until_us", "ignored_outside_session", "progress", "seqs", "pending", "holders",
+        "applied_offsets", "offered_minutes",
     ],
     "SlotDecision": [
         "decision_id", "app_key_id", "slot_id", "symbol", "action", "trigger_type", "priority_score",

@@ -103,3 +103,19 @@ def test_state_round_trips_through_its_avro_record_mid_day() -> None:
             restore_state(halves, record)
     assert out_whole == out_halves and len(decisions(out_whole)) == 8
     assert state_to_record(whole) == state_to_record(halves)
+
+
+def test_sessions_inside_a_gap_in_the_input_are_not_decided_on() -> None:
+    """Input on Friday 11:00, then nothing until the next Thursday 09:30: Friday closes, Thursday opens;
+    the three sessions in between, which nobody observed, get no bootstrap and no release."""
+    friday, thursday = dt.date(2026, 11, 13), dt.date(2026, 11, 19)
+    manager = SlotManager(SlotPolicy(capacity=41), SOURCES)
+    out: list = []
+    for t in (at(friday, 11, 0), at(thursday, 9, 30)):
+        for s in SOURCES:
+            manager.advance(s, t)
+        out.extend(manager.step())
+    days = sorted({dt.datetime.fromtimestamp(t / US, KST).date() for _, _, t in decisions(out)})
+    assert days == [friday, thursday]
+    boot = len(SlotPolicy().bootstrap)
+    assert [a for a, _, _ in decisions(out)] == [ASSIGN] * boot + [RELEASE] * boot + [ASSIGN] * boot

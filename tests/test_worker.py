@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from procs import OBSERVER, RECENT_OPEN, free_port
 from test_codec import EXAMPLES
 
 from app.config import Settings
+from app.krx import is_trading_day
 from app.records import default_codec
 from app.surge.rule import MINUTE_US
 from app.topics import apply_topics
@@ -55,7 +56,9 @@ def ticks_for(minutes: dict[int, int], start_cum: int = 0, per_minute: int = 5) 
     return out, cum
 
 
-async def produce(settings: Settings, ticks: list[dict[str, Any]]) -> None:
+async def produce(settings: Settings, ticks: list[dict[str, Any]], stamp_now: bool = False) -> None:
+    """Ticks to kis.ticks.raw, each stamped with its trade time (or the time now: an older trade day would
+    be deleted by the topic's retention)."""
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
     await producer.start()
@@ -65,11 +68,43 @@ async def produce(settings: Settings, ticks: list[dict[str, Any]]) -> None:
                 settings.topic("kis.ticks.raw"),
                 codec.encode("RawTick", t),
                 key=t["symbol"].encode(),
-                timestamp_ms=t["event_time_us"] // 1000,
+                timestamp_ms=None if stamp_now else t["event_time_us"] // 1000,
             )
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def committed(settings: Settings, group: str, topic: str, partitions: int = 12) -> tuple[int, int]:
+    """(offsets the group has committed, records in the topic), summed over the topic's partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        done = sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return done, sum(ends.values())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_committed(settings: Settings, group: str, topic: str, deadline_s: float = 60, partitions: int = 12) -> None:
+    """Until the group has committed every record the topic holds now (its state is then in the changelogs)."""
+    end = time.monotonic() + deadline_s
+    target = asyncio.run(committed(settings, group, topic, partitions))[1]
+    seen = (0, target)
+    while time.monotonic() < end:
+        seen = asyncio.run(committed(settings, group, topic, partitions))
+        if target > 0 and seen[0] >= target:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{group} committed {seen[0]} of {seen[1]} offsets of {topic} in {deadline_s} s")
 
 
 class WorkerProcess:
@@ -173,6 +208,9 @@ def test_worker_finds_a_surge_and_keeps_its_windows_across_kill_9(isolated: Sett
         assert [(s["current_volume"], s["avg_volume_10m"], s["surge_ratio"]) for s in surges] == [(3_000, 1_000.0, 3.0)]
         assert surges[0]["window_start_us"] == T0 + 10 * MINUTE_US and surges[0]["source"] == "ticks"
         worker.wait_metric("observer_worker_ticks_in_total", len(first))
+        # Once the ticks are committed, a restart does not read them again: the windows must come back
+        # from the changelog, which is written before every commit.
+        wait_committed(isolated, f"{isolated.topic_prefix}observer", isolated.topic("kis.ticks.raw"))
     finally:
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
     # Minute 11 surges only against the restored windows: avg of minutes 1..10 = (9 x 1,000 + 5,000) / 10.
@@ -181,9 +219,8 @@ def test_worker_finds_a_surge_and_keeps_its_windows_across_kill_9(isolated: Sett
     restarted = WorkerProcess(isolated, worker_home)
     try:
         surges = asyncio.run(read_surges(isolated, 2, restarted))
-        # It re-reads whatever of the first ticks was not committed at the kill, then the new ones.
-        took_in = restarted.metric_or_zero("observer_worker_ticks_in_total")
-        assert len(surges) == 2, f"minute 11 surges once (the restarted worker took in {took_in} ticks): {surges}"
+        restarted.wait_metric("observer_worker_ticks_in_total", len(second))  # only the new ticks
+        assert len(surges) == 2, f"minute 10 once, then minute 11: {surges}"
         assert (surges[1]["current_volume"], surges[1]["avg_volume_10m"]) == (5_000, 1_400.0)
     finally:
         assert restarted.stop() == 0
@@ -352,3 +389,92 @@ def test_the_scanner_lets_a_symbol_without_a_slot_surge_on_snapshots(isolated: S
     snapshots = [default_codec().decode(v)[1] for v in asyncio.run(read_raw(isolated, isolated.topic("kis.snapshots")))]
     assert snapshots and all(s["business_date"] == DAY for s in snapshots)
     assert {s["source"] for s in snapshots} == {"volume_rank", "inquire_price"}
+
+
+def decisions_and_overflow(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    codec = default_codec()
+    decided = [codec.decode(v)[1] for v in asyncio.run(read_raw(settings, settings.topic("slot.decisions")))]
+    overflowed = [codec.decode(v)[1] for v in asyncio.run(read_raw(settings, settings.topic("slot.overflow")))]
+    return decided, overflowed
+
+
+def test_slot_state_comes_back_from_the_changelog_after_kill_9(isolated: Settings, worker_home: Path) -> None:
+    """Three slots held and committed, kill -9, restart: the restarted manager still holds them, so a
+    stronger surge four minutes later *replaces* the weakest (release + assign) instead of taking one of
+    three free slots, and nothing decided before the kill is decided again."""
+    asyncio.run(apply_topics(isolated))
+    ticks = morning(SURGING)
+    asyncio.run(produce(isolated, ticks))
+    env = {"OBSERVER_SLOT_CAPACITY": "3", "OBSERVER_SLOT_BOOTSTRAP": "[]"}
+    group = f"{isolated.topic_prefix}observer"
+    worker = WorkerProcess(isolated, worker_home, env)
+    try:
+        worker.wait_metric("observer_worker_ticks_in_total", len(ticks), deadline_s=90)
+        worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
+        worker.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+        wait_committed(isolated, group, isolated.topic("kis.ticks.raw"))
+        wait_committed(isolated, group, f"{group}-slot-candidates", partitions=1)
+        _, before = get_json(worker, "/api/slots")
+    finally:
+        assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+    held = {(h["slot_id"], h["symbol"], h["since_us"]) for h in before["pools"]["main"]}
+    assert len(held) == 3, before
+
+    restarted = WorkerProcess(isolated, worker_home, env)
+    try:
+        end = time.monotonic() + 60
+        after: dict[str, Any] = {}
+        while time.monotonic() < end:
+            try:
+                _, after = get_json(restarted, "/api/slots")
+            except OSError:
+                after = {}
+            if after.get("owner"):
+                break
+            time.sleep(0.3)
+        assert {(h["slot_id"], h["symbol"], h["since_us"]) for h in after["pools"]["main"]} == held, after
+        # Minute 16: a symbol without a slot trades 20,000 against a ten-minute average under 2,000.
+        challenger = next(sym for sym in SURGING if sym not in {h[1] for h in held})
+        cum = sum(t["trade_volume"] for t in ticks if t["symbol"] == challenger)
+        more, _ = ticks_for({16: 20_000}, start_cum=cum)
+        asyncio.run(produce(isolated, [t | {"symbol": challenger} for t in more]))
+        restarted.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 1, deadline_s=60)
+    finally:
+        assert restarted.stop() == 0
+    decided, overflowed = decisions_and_overflow(isolated)
+    assert [d["action"] for d in decided] == ["assign"] * 3 + ["release", "assign"], decided
+    release, assign = decided[3], decided[4]
+    assert (release["slot_id"], release["symbol"]) in {(h[0], h[1]) for h in held}
+    assert (assign["symbol"], assign["slot_id"]) == (challenger, release["slot_id"])
+    assert len(overflowed) == 5, "no candidate of the first run was decided on again"
+
+
+def test_a_krx_holiday_gets_no_bootstrap_and_no_decisions(isolated: Settings, worker_home: Path) -> None:
+    """The same morning on the last weekday KRX holiday, then on a trading day: surges both days, slot
+    decisions (bootstrap at the open, then the surges) only on the trading day."""
+    holiday = RECENT_OPEN.date() - dt.timedelta(days=1)
+    while holiday.weekday() >= 5 or is_trading_day(holiday):
+        holiday -= dt.timedelta(days=1)
+    shift = int(dt.datetime.combine(holiday, dt.time(9, 0), RECENT_OPEN.tzinfo).timestamp()) * 1_000_000 - T0
+    trading = morning(SURGING)
+    on_holiday = [
+        t | {"business_date": holiday.strftime("%Y%m%d"), "event_time_us": t["event_time_us"] + shift} for t in trading
+    ]
+    asyncio.run(apply_topics(isolated))
+    asyncio.run(produce(isolated, on_holiday, stamp_now=True))
+    worker = WorkerProcess(isolated, worker_home)
+    try:
+        worker.wait_metric("observer_worker_ticks_in_total", len(on_holiday), deadline_s=90)
+        worker.wait_metric('observer_worker_surges_total{source="ticks"}', len(SURGING))
+        asyncio.run(produce(isolated, trading))
+        worker.wait_metric("observer_worker_ticks_in_total", len(on_holiday) + len(trading), deadline_s=90)
+        worker.wait_metric('observer_worker_surges_total{source="ticks"}', 2 * len(SURGING))
+        bootstrap = len(Settings().slot_bootstrap)
+        worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', bootstrap + len(SURGING))
+    finally:
+        assert worker.stop() == 0
+    decided, overflowed = decisions_and_overflow(isolated)
+    days = {dt.datetime.fromtimestamp(d["decided_at_us"] / 1e6, RECENT_OPEN.tzinfo).date() for d in decided}
+    assert days == {RECENT_OPEN.date()}, f"decisions on {sorted(days)}, holiday {holiday}"
+    assert len(decided) == bootstrap + len(SURGING) and not overflowed
+    assert {d["symbol"] for d in decided[:bootstrap]} == set(Settings().slot_bootstrap)

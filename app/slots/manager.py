@@ -47,12 +47,34 @@ class SlotManager:
     merger: EventTimeMerger = field(init=False)
     clock_us: int = -1  # the merged time processed so far
     ignored_outside_session: int = 0
+    # "topic:partition" -> offset of the last input applied: the state is written after the inputs it
+    # reflects but before their offsets are committed, so after a crash some inputs come again.
+    applied_offsets: dict[str, int] = field(default_factory=dict)
+    # symbol -> epoch minute of its last surge candidate: the surge agent's outputs are at-least-once (a
+    # crash between commits repeats them), and a symbol surges at most once a minute.
+    offered_minutes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.book = SlotBook(self.policy)
         self.merger = EventTimeMerger(self.sources)
 
     # --------------------------------------------------------------------------------------- inputs
+
+    def first_delivery(self, topic: str, partition: int, offset: int) -> bool:
+        """Record that the input at this offset is being applied; False if it already was (a re-delivery)."""
+        tp = f"{topic}:{partition}"
+        if offset <= self.applied_offsets.get(tp, -1):
+            return False
+        self.applied_offsets[tp] = offset
+        return True
+
+    def first_offer(self, symbol: str, event_time_us: int) -> bool:
+        """Record a surge candidate of ``symbol`` at this time; False if its minute was offered already."""
+        minute = event_time_us // (60 * US)
+        if minute <= self.offered_minutes.get(symbol, -1):
+            return False
+        self.offered_minutes[symbol] = minute
+        return True
 
     def add(self, source: str, event_time_us: int, item: Candidate | Refusal) -> None:
         self.merger.add(source, event_time_us, item)
@@ -87,8 +109,9 @@ class SlotManager:
         first = dt.datetime.fromtimestamp(max(after_us, 0) / US, tz=KST).date()
         last = dt.datetime.fromtimestamp(until_us / US, tz=KST).date()
         out: list[tuple[int, str]] = []
-        day = first
-        while day <= last:
+        # Only the day the clock leaves and the day it reaches: sessions wholly inside a gap in the input
+        # (the worker was off, or a replay jumps days) were observed by no one, so nothing is decided for them.
+        for day in sorted({first, last}):
             if self.trading_day(day):
                 for t, kind in (
                     (_kst_instant_us(day, CONTINUOUS_OPEN) - self.bootstrap_lead_us, "open"),
@@ -96,7 +119,6 @@ class SlotManager:
                 ):
                     if after_us < t and (t <= until_us if inclusive else t < until_us):
                         out.append((t, kind))
-            day += dt.timedelta(days=1)
         return out
 
     def _run_clock_until(self, until_us: int, inclusive: bool) -> list[Outcome]:
@@ -190,6 +212,8 @@ def state_to_record(manager: SlotManager) -> dict[str, Any]:
         "seqs": dict(manager.merger.seqs),
         "pending": sorted(pending, key=lambda r: (r["time_us"], r["source"], r["seq"])),
         "holders": holders,
+        "applied_offsets": dict(manager.applied_offsets),
+        "offered_minutes": dict(manager.offered_minutes),
     }
 
 
@@ -197,6 +221,8 @@ def restore_state(manager: SlotManager, record: dict[str, Any]) -> None:
     """Load a SlotManagerState record into a fresh manager (same policy and sources)."""
     manager.clock_us = int(record["clock_us"])
     manager.ignored_outside_session = int(record["ignored_outside_session"])
+    manager.applied_offsets = {str(k): int(v) for k, v in record.get("applied_offsets", {}).items()}
+    manager.offered_minutes = {str(k): int(v) for k, v in record.get("offered_minutes", {}).items()}
     merger = manager.merger
     merger.released_until_us = int(record["released_until_us"])
     merger.progress = {str(k): int(v) for k, v in record["progress"].items() if k in merger.sources}

@@ -8,6 +8,7 @@ skipped by Faust's deserializer; outputs and table changelogs use the registered
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -30,7 +31,7 @@ from app.slots.manager import Refusal, SlotManager, restore_state, state_to_reco
 from app.slots.policy import Candidate, Decision, SlotPolicy
 from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
 from app.worker.codecs import codec_name, register_avro_codecs
-from app.worker.transport import ObserverApp
+from app.worker.transport import DeferredChangelog, ObserverApp
 from app.worker.views import WorkerState, counters, health_view, slots_view, status_page
 
 log = logging.getLogger(__name__)
@@ -186,15 +187,16 @@ def create_app(settings: Settings) -> faust.App:
     # Keys are symbols, values SurgeWindows records, both as bytes: Faust tables pick their changelog
     # serializer from the types, and bytes means "raw", so the changelog holds our Avro as written.
     windows = app.Table("surge-windows", partitions=12, key_type=bytes, value_type=bytes)
+    windows_writes = DeferredChangelog(app, windows)
 
-    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+    async def dead_letter(stage: str, event: Any, reason: str, detail: str) -> None:
         metrics.dead_letters.labels(reason).inc()
         msg = event.message
         log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail[:200])
         await dlq_topic.send(
             key=b"worker",
             value=dead_letter_record(
-                "surge_agent",
+                stage,
                 reason,
                 detail,
                 msg.value or b"",
@@ -204,62 +206,70 @@ def create_app(settings: Settings) -> faust.App:
         )
 
     progress_second: dict[str, int] = {}
-
     snapshots_name = settings.topic("kis.snapshots")
+
+    async def observation_of(event: Any) -> tuple[str, Observation] | None:
+        """The event as a tick or snapshot observation, or None once it has been dead-lettered."""
+        kind = "snapshots" if event.message.topic == snapshots_name else "ticks"
+        (metrics.snapshots_in if kind == "snapshots" else metrics.ticks_in).inc()
+        try:
+            name, value = codec.decode(event.value)
+        except CodecError as exc:
+            await dead_letter("surge_agent", event, "undecodable", str(exc))
+            return None
+        if kind == "ticks" and name == "RawTick":
+            time_us, trade_volume = value["event_time_us"], value["trade_volume"]
+        elif kind == "snapshots" and name == "Snapshot":
+            time_us, trade_volume = value["snapshot_time_us"], None
+        else:
+            await dead_letter("surge_agent", event, "wrong_record", f"a {name} record on {event.message.topic}")
+            return None
+        obs = Observation(
+            value["symbol"], value["business_date"], time_us, value["cumulative_volume"], trade_volume, kind
+        )
+        return f"{kind}/{event.message.partition}", obs
 
     @app.agent(observations_topic)
     async def surge_agent(stream: Any) -> None:
-        async for event in stream.events():
-            kind = "snapshots" if event.message.topic == snapshots_name else "ticks"
-            (metrics.snapshots_in if kind == "snapshots" else metrics.ticks_in).inc()
-            try:
-                name, value = codec.decode(event.value)
-            except CodecError as exc:
-                await dead_letter(event, "undecodable", str(exc))
-                continue
-            if kind == "ticks" and name == "RawTick":
-                obs = Observation(
-                    value["symbol"],
-                    value["business_date"],
-                    value["event_time_us"],
-                    value["cumulative_volume"],
-                    value["trade_volume"],
-                    "ticks",
-                )
-            elif kind == "snapshots" and name == "Snapshot":
-                obs = Observation(
-                    value["symbol"],
-                    value["business_date"],
-                    value["snapshot_time_us"],
-                    value["cumulative_volume"],
-                    None,
-                    "snapshots",
-                )
-            else:
-                await dead_letter(event, "wrong_record", f"a {name} record on {event.message.topic}")
-                continue
+        # A batch at a time: each symbol's windows are decoded and encoded once per batch; their changelog
+        # records go out at the next commit (DeferredChangelog), before its offsets.
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
+            touched: dict[bytes, tuple[SymbolWindows, int]] = {}
+            latest: dict[str, int] = {}  # source -> latest event time in this batch
+            for event in batch:
+                found = await observation_of(event)
+                if found is None:
+                    continue
+                source, obs = found
+                key = obs.symbol.encode()
+                if key in touched:
+                    state: SymbolWindows | None = touched[key][0]
+                else:
+                    stored = windows.get(key)
+                    state = SymbolWindows.from_record(codec.decode(stored)[1]) if stored is not None else None
+                state, surge, late = observe(state, obs, rule)
+                if late:
+                    metrics.late_ticks.inc()
+                    continue
+                touched[key] = (state, event.message.partition)
+                latest[source] = max(latest.get(source, 0), obs.event_time_us)
+                if surge is not None:
+                    metrics.surges_out.labels(surge.source).inc()
+                    surge_record = surge.to_record()
+                    view_state.recent_surges.append(surge_record)
+                    await surges_topic.send(key=key, value=surge_record)
+                    await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
             view_state.last_input_monotonic = time.monotonic()
-            key = obs.symbol.encode()
-            stored = windows.get(key)
-            state = SymbolWindows.from_record(codec.decode(stored)[1]) if stored is not None else None
-            state, surge, late = observe(state, obs, rule)
-            if late:
-                metrics.late_ticks.inc()
-                continue
-            windows[key] = codec.encode("SurgeWindows", state.to_record())
-            source = f"{kind}/{event.message.partition}"
-            if surge is not None:
-                metrics.surges_out.labels(surge.source).inc()
-                surge_record = surge.to_record()
-                view_state.recent_surges.append(surge_record)
-                await surges_topic.send(key=key, value=surge_record)
-                await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
-            second = obs.event_time_us // 1_000_000
-            if second > progress_second.get(source, -1):  # at most one marker per source and second
-                progress_second[source] = second
-                await candidates_topic.send(key=b"c", value=progress_record(source, obs.event_time_us))
+            for key, (state, partition) in touched.items():
+                windows_writes.set(key, codec.encode("SurgeWindows", state.to_record()), partition)
+            for source, time_us in latest.items():
+                second = time_us // 1_000_000
+                if second > progress_second.get(source, -1):  # at most one marker per source and second
+                    progress_second[source] = second
+                    await candidates_topic.send(key=b"c", value=progress_record(source, time_us))
 
     slot_table = app.Table("slot-manager", partitions=1, key_type=bytes, value_type=bytes)
+    slot_writes = DeferredChangelog(app, slot_table)
     sources = frozenset({f"{kind}/{p}" for kind in ("ticks", "snapshots") for p in range(12)} | {SUBSCRIPTIONS_SOURCE})
     policy = SlotPolicy(
         app_key_ids=tuple(settings.slot_app_key_ids),
@@ -288,49 +298,70 @@ def create_app(settings: Settings) -> faust.App:
             return set()
         return {s for s in sources if now - heard.get(s, started) > settings.slot_idle_s}
 
+    async def take_slot_input(m: SlotManager, event: Any) -> bool:
+        """Feed one input to the manager; False if it was dead-lettered instead."""
+        try:
+            name, value = codec.decode(event.value)
+        except CodecError as exc:
+            await dead_letter("slot_manager", event, "undecodable", str(exc))
+            return False
+        if name == "SubscriptionEvent":
+            metrics.slot_inputs.labels("subscription").inc()
+            heard[SUBSCRIPTIONS_SOURCE] = time.monotonic()
+            refusal = refusal_of(value)
+            if refusal is not None:
+                m.add(SUBSCRIPTIONS_SOURCE, value["event_time_us"], refusal)
+            else:
+                m.advance(SUBSCRIPTIONS_SOURCE, value["event_time_us"])
+            return True
+        if name != "SlotCandidate":
+            await dead_letter("slot_manager", event, "wrong_record", f"a {name} record on the slot manager's inputs")
+            return False
+        kind = value["kind"]
+        metrics.slot_inputs.labels(kind).inc()
+        if kind != "clock":
+            if value["source"] not in sources:
+                await dead_letter("slot_manager", event, "unknown_source", f"slot input from {value['source']!r}")
+                return False
+            heard[value["source"]] = time.monotonic()
+        if kind == "surge":
+            if not m.first_offer(value["symbol"], value["event_time_us"]):
+                metrics.slot_inputs.labels("repeated_surge").inc()
+                m.advance(value["source"], value["event_time_us"])
+                return True
+            m.add(value["source"], value["event_time_us"], candidate_of(value))
+        elif kind == "progress":
+            m.advance(value["source"], value["event_time_us"])
+        return True
+
     @app.agent(slot_inputs)
     async def slot_manager_agent(stream: Any) -> None:
-        async for event in stream.events():
+        # Decides after every input, as the inputs arrive; the state is stored once per batch, and goes to
+        # the changelog at the next commit (DeferredChangelog), before its offsets.
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
             m = manager()
-            try:
-                name, value = codec.decode(event.value)
-            except CodecError as exc:
-                await dead_letter(event, "undecodable", str(exc))
-                continue
-            if name == "SubscriptionEvent":
-                metrics.slot_inputs.labels("subscription").inc()
-                heard[SUBSCRIPTIONS_SOURCE] = time.monotonic()
-                refusal = refusal_of(value)
-                if refusal is not None:
-                    m.add(SUBSCRIPTIONS_SOURCE, value["event_time_us"], refusal)
-                else:
-                    m.advance(SUBSCRIPTIONS_SOURCE, value["event_time_us"])
-            elif name == "SlotCandidate":
-                kind = value["kind"]
-                metrics.slot_inputs.labels(kind).inc()
-                if kind != "clock":
-                    if value["source"] not in sources:
-                        await dead_letter(event, "unknown_source", f"slot input from {value['source']!r}")
-                        continue
-                    heard[value["source"]] = time.monotonic()
-                if kind == "surge":
-                    m.add(value["source"], value["event_time_us"], candidate_of(value))
-                elif kind == "progress":
-                    m.advance(value["source"], value["event_time_us"])
-            else:
-                await dead_letter(event, "wrong_record", f"a {name} record on the slot manager's inputs")
-                continue
-            outcomes = m.step(idle_sources())
-            for outcome in outcomes:
-                if isinstance(outcome, Decision):
-                    metrics.decisions.labels(outcome.action).inc()
-                    await decisions_topic.send(key=outcome.app_key_id.encode(), value=outcome.to_record())
-                else:
-                    metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
-                    await overflow_topic.send(key=outcome.symbol.encode(), value=outcome.to_record())
+            sent: list[Any] = []
+            for event in batch:
+                msg = event.message
+                if not m.first_delivery(msg.topic, msg.partition, msg.offset):
+                    metrics.slot_inputs.labels("redelivered").inc()
+                    continue
+                if not await take_slot_input(m, event):
+                    continue
+                for outcome in m.step(idle_sources()):
+                    if isinstance(outcome, Decision):
+                        metrics.decisions.labels(outcome.action).inc()
+                        key, value, topic = outcome.app_key_id.encode(), outcome.to_record(), decisions_topic
+                    else:
+                        metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
+                        key, value, topic = outcome.symbol.encode(), outcome.to_record(), overflow_topic
+                    sent.append(await topic.send(key=key, value=value))
+            # The outcomes are in Kafka before the state that says they were made: a crash in between
+            # repeats them (same decision ids) rather than losing them.
+            await asyncio.gather(*sent)
             metrics.slots_used.set(m.book.held())
             metrics.pending.set(len(m.merger.pending))
-            slot_table[STATE_KEY] = codec.encode("SlotManagerState", state_to_record(m))
+            slot_writes.set(STATE_KEY, codec.encode("SlotManagerState", state_to_record(m)), 0)
 
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def slot_clock() -> None:
@@ -434,7 +465,6 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
 
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in the foreground until SIGTERM/SIGINT."""
-    import asyncio
 
     from faust.worker import Worker
 

@@ -1,4 +1,5 @@
-"""A Faust transport that never skips the unread head of an input partition.
+"""A Faust transport that never skips the unread head of an input partition, and table writes whose
+changelog records go out once per offset commit instead of once per write.
 
 When a restarted worker has changelogs to recover, faust-streaming (0.15.3) starts its fetcher during the
 recovery, while the input partitions are still paused at Faust's level: records fetched for them then are
@@ -8,12 +9,18 @@ killed before its first commit): it stays past the dropped records and they are 
 2 of 4 CI runs of the kill -9 test. Here such a partition goes back to the start of the log (our
 ``auto_offset_reset`` is earliest), so the worst case is reprocessing, which the surge windows (cumulative
 volume) and the slot manager absorb.
+
+Faust sends a changelog record for every table write, which for the surge windows is one per tick per
+symbol: most of the worker's producer traffic. :class:`DeferredChangelog` keeps the latest value of each
+written key and sends it just before the next commit, from :meth:`InputSafeConsumer.force_commit`; the
+commit then flushes the producer before it commits offsets, as Faust does for its own writes. So the
+changelog never lags the committed offsets.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -40,6 +47,13 @@ class InputSafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class InputSafeConsumer(faust_aiokafka.Consumer):
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        # The hooks are synchronous on purpose: nothing else runs between their writes and Faust's choice
+        # of the offsets to commit, so every acked event's effect is in the changelog those offsets follow.
+        for hook in getattr(self.app, "before_commit", ()):
+            hook()
+        return await super().force_commit(topics, start_new_transaction=start_new_transaction)  # type: ignore[no-any-return]
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return InputSafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -51,5 +65,34 @@ class InputSafeTransport(faust_aiokafka.Transport):
 class ObserverApp(faust.App):
     """faust.App on :class:`InputSafeTransport` (Faust picks transports by URL; we pick ours by class)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_commit: list[Callable[[], None]] = []  # run at every offset commit, before the offsets
+
     def _new_transport(self) -> Any:
         return InputSafeTransport(self.conf.broker_consumer, self)
+
+
+class DeferredChangelog:
+    """Writes to a table of bytes whose changelog records are sent at the next offset commit.
+
+    The table's local data is updated at once (reads see it); the changelog gets the key's latest value
+    only, in the partition the caller names (the key's own partition: in a batch of several partitions'
+    events, Faust's "current event" is not the one the key came from).
+    """
+
+    def __init__(self, app: ObserverApp, table: Any) -> None:
+        self.table = table
+        self.dirty: dict[bytes, tuple[bytes, int]] = {}
+        self.sent = 0
+        app.before_commit.append(self.flush)
+
+    def set(self, key: bytes, value: bytes, partition: int) -> None:
+        self.table.data[key] = value
+        self.dirty[key] = (value, partition)
+
+    def flush(self) -> None:
+        for key, (value, partition) in self.dirty.items():
+            self.table.send_changelog(partition, key, value)
+        self.sent += len(self.dirty)
+        self.dirty.clear()
