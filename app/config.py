@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(default=19102, ge=1, le=65535)
     # The agents take up to this many records at a time (waiting at most ``worker_batch_wait_s`` for them):
-    # one table write per symbol and batch instead of one per tick.
+    # a symbol's windows are decoded and stored once per batch instead of once per tick.
     worker_batch_max: int = Field(default=1000, ge=1)
     worker_batch_wait_s: float = Field(default=0.05, gt=0)
     surge_multiplier: float = Field(default=3.0, gt=1)

@@ -465,7 +465,6 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
 
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in the foreground until SIGTERM/SIGINT."""
-
     from faust.worker import Worker
 
     from app.topics import TopicSpec, apply_topics, load_topics

@@ -84,7 +84,6 @@ class DeferredChangelog:
     def __init__(self, app: ObserverApp, table: Any) -> None:
         self.table = table
         self.dirty: dict[bytes, tuple[bytes, int]] = {}
-        self.sent = 0
         app.before_commit.append(self.flush)
 
     def set(self, key: bytes, value: bytes, partition: int) -> None:
@@ -94,5 +93,4 @@ class DeferredChangelog:
     def flush(self) -> None:
         for key, (value, partition) in self.dirty.items():
             self.table.send_changelog(partition, key, value)
-        self.sent += len(self.dirty)
         self.dirty.clear()
