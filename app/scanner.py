@@ -3,7 +3,10 @@
 Symbols without a WebSocket slot are seen only through these polls. Their cumulative volume (``acml_vol``)
 feeds the same surge windows as the ticks (see ``app.surge.rule``), so such a symbol can surge into a slot.
 A snapshot's event time is the KIS server's clock (the reply's HTTP Date), so that against the simulator it
-is simulated time, like the ticks' trade times.
+is simulated time, like the ticks' trade times. The Date has whole seconds, so the snapshot is stamped with
+the last instant it certainly covers, the end of the second before its Date: the slot manager can then
+decide on it as soon as every input has reached the Date's second, a second earlier than if it were
+stamped with the Date itself (see ``app.slots.merge``).
 
 Parsing is pure (rows in, records or a reason out); :class:`Scanner` does the polling, paced by the REST
 client, and never raises out of a poll: a failed call is counted and the next interval tries again.
@@ -57,10 +60,10 @@ def snapshot_record(
     volume = _int(row, "acml_vol")
     if volume < 0:
         raise BadSnapshot(f"acml_vol={volume} is negative")
-    when_us = int(server_time_s * 1_000_000)
+    when_us = int(server_time_s) * 1_000_000 - 1  # covers every trade before the Date's second
     return {
         "symbol": code,
-        "business_date": dt.datetime.fromtimestamp(server_time_s, KST).strftime("%Y%m%d"),
+        "business_date": dt.datetime.fromtimestamp(when_us / 1_000_000, KST).strftime("%Y%m%d"),
         "snapshot_time_us": when_us,
         "source": source,
         "price": _int(row, "stck_prpr"),
@@ -78,8 +81,15 @@ class PollResult:
     failed_calls: list[str] = field(default_factory=list)  # "endpoint: error"
 
 
+SnapshotSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
 class Scanner:
-    """One poll = each configured ranking, then each watchlist symbol's current price."""
+    """One poll = each configured ranking, then each watchlist symbol's current price.
+
+    Each call's snapshots go to ``emit`` as soon as the call returns (a poll of many calls takes as many
+    paced requests, and a surge should not wait for the rest of them); they are also in the result.
+    """
 
     def __init__(
         self,
@@ -96,9 +106,15 @@ class Scanner:
     def _server_time(self) -> float:
         return self.rest.last_server_time if self.rest.last_server_time is not None else self._wall()
 
-    async def poll(self) -> PollResult:
+    async def poll(self, emit: SnapshotSink | None = None) -> PollResult:
         """Stops at the first failed call: KIS is down or refusing, and the next poll is the retry."""
         result = PollResult()
+
+        async def take(record: dict[str, Any]) -> None:
+            result.snapshots.append(record)
+            if emit is not None:
+                await emit(record)
+
         seen: set[str] = set()  # a symbol in two rankings is one observation
         for blng in self.rankings:
             rows = await self._call(result, f"volume_rank/{blng}", self.rest.volume_rank(blng_cls=blng))
@@ -114,7 +130,7 @@ class Scanner:
                     continue
                 if record["symbol"] not in seen:
                     seen.add(record["symbol"])
-                    result.snapshots.append(record)
+                    await take(record)
         for code in self.watchlist:
             if code in seen:
                 continue
@@ -122,9 +138,11 @@ class Scanner:
             if output is None:
                 return result
             try:
-                result.snapshots.append(snapshot_record(output, code, SOURCE_INQUIRE_PRICE, self._server_time()))
+                record = snapshot_record(output, code, SOURCE_INQUIRE_PRICE, self._server_time())
             except BadSnapshot as exc:
                 result.rejected.append((output, str(exc)))
+                continue
+            await take(record)
         return result
 
     @staticmethod

@@ -442,13 +442,15 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
         if not opened:
             await rest.__aenter__()
             opened.append(True)
-        result = await scanner.poll()
+
+        async def publish(record: dict[str, Any]) -> None:
+            await out.send(key=record["symbol"].encode(), value=record)
+            metrics.snapshots_out.inc()
+
+        result = await scanner.poll(publish)
         metrics.scanner_polls.labels("failed_call" if result.failed_calls else "ok").inc()
         for failure in result.failed_calls:
             log.warning("scanner: %s", failure)
-        for record in result.snapshots:
-            await out.send(key=record["symbol"].encode(), value=record)
-            metrics.snapshots_out.inc()
         for row, reason in result.rejected:
             metrics.dead_letters.labels("bad_snapshot").inc()
             log.warning("scanner: dead-lettered a REST row: %s", reason)
