@@ -88,7 +88,8 @@ while True:
 
 def test_kill_9_at_random_moments_neither_loses_nor_repeats_a_line(tmp_path: Path) -> None:
     """A writer appends batches of 1-300 lines across rolling files; it is killed with SIGKILL five times at
-    random moments (more if none of them landed mid-batch). After each kill the archive reopens to exactly offsets [0, next) in order, once each."""
+    random moments
+    (more if none landed mid-batch). After each kill the archive reopens to exactly offsets [0, next), once each."""
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     nxt, kills, cuts = 0, 0, 0
