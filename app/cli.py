@@ -117,6 +117,41 @@ def stack_status(ctx: click.Context) -> None:
         ctx.exit(EXIT_FAILED)
 
 
+# ---------------------------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """The sink's PostgreSQL schema (OBSERVER_PG_SCHEMA)."""
+
+
+@db.command("migrate")
+@click.pass_context
+def db_migrate(ctx: click.Context) -> None:
+    """Apply the versioned SQL migrations not yet applied to the schema (created if missing). Safe to rerun."""
+    from app.sink.postgres import migrate, migrations
+
+    s = _settings(ctx)
+
+    async def run() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(s.postgres_dsn, connect_timeout=10) as conn:
+            return [f"{m.version:04d}_{m.name}" for m in await migrate(conn, s.pg_schema)]
+
+    import psycopg
+
+    try:
+        applied = asyncio.run(run())
+    except psycopg.OperationalError as exc:
+        where = "OBSERVER_PG_DSN" if s.pg_dsn else f"{s.pg_host}:{s.pg_port}"
+        raise click.ClickException(f"PostgreSQL at {where} is not reachable: {str(exc).strip()}") from exc
+    latest = migrations()[-1]
+    click.echo(
+        f"schema {s.pg_schema}: {len(applied)} migration(s) applied"
+        + (f" ({', '.join(applied)})" if applied else "")
+        + f"; at version {latest.version} ({latest.name})"
+    )
+
+
 # ------------------------------------------------------------------------------------------ topics
 
 

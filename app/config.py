@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     pg_user: str = "observer"
     # Set to use an existing server instead of the local one (libpq conninfo or URI).
     pg_dsn: str | None = None
+    # The schema holding the sink's tables (a replay writes to one of its own).
+    pg_schema: str = Field(default="observer", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
     # KIS endpoints. Default: the local simulator (`observer sim`). Real KIS: https://openapi.koreainvestment.com:9443
     # and ws://ops.koreainvestment.com:21000 (paper: :29443 and :31000), with credentials from the environment.
