@@ -98,10 +98,9 @@ class Probe:
 
         async def message(session: Any, text: str) -> None:
             try:
-                inp = orjson.loads(text)["body"]["input"]
-                header = orjson.loads(text)["header"]
-                if header.get("tr_type") == "1" and inp.get("tr_key") in watched:
-                    self.subscribed.setdefault(inp["tr_key"], time.time())
+                doc = orjson.loads(text)
+                if doc["header"].get("tr_type") == "1" and doc["body"]["input"].get("tr_key") in watched:
+                    self.subscribed.setdefault(doc["body"]["input"]["tr_key"], time.time())
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 pass  # the simulator itself answers a malformed message; the probe only watches
             await on_message(session, text)

@@ -60,6 +60,11 @@ def scalp_line(tick: dict[str, Any], slot_id: int | None, trigger_type: str | No
     )
 
 
+def _surge_details(record: dict[str, Any]) -> dict[str, Any]:
+    """The seed's ``details`` object: the surge behind a slot decision or an overflow record."""
+    return {k: record[k] for k in ("current_volume", "avg_volume_10m", "surge_ratio")}
+
+
 def slot_path(decision: dict[str, Any]) -> str:
     return f"observer/slots/{_kst(decision['decided_at_us']):%Y%m%d}.jsonl"
 
@@ -74,11 +79,7 @@ def slot_line(decision: dict[str, Any]) -> bytes:
             "trigger_type": decision["trigger_type"],
             "priority_score": decision["priority_score"],
             "detected_at": kst_iso(decision["detected_at_us"]),
-            "details": {
-                "current_volume": decision["current_volume"],
-                "avg_volume_10m": decision["avg_volume_10m"],
-                "surge_ratio": decision["surge_ratio"],
-            },
+            "details": _surge_details(decision),
             "app_key_id": decision["app_key_id"],
             "decision_id": decision["decision_id"],
         }
@@ -98,11 +99,7 @@ def overflow_line(overflow: dict[str, Any]) -> bytes:
             "priority_score": overflow["priority_score"],
             "detected_at": kst_iso(overflow["detected_at_us"]),
             "reason": overflow["reason"],
-            "details": {
-                "current_volume": overflow["current_volume"],
-                "avg_volume_10m": overflow["avg_volume_10m"],
-                "surge_ratio": overflow["surge_ratio"],
-            },
+            "details": _surge_details(overflow),
         }
     )
 
