@@ -135,7 +135,7 @@ class Outputs:
     """Arrival times of the worker's surges and assigns for the watched symbols."""
 
     def __init__(self, settings: Settings, watched: set[str]) -> None:
-        self.settings, self.watched = settings, watched
+        self.watched = watched
         self.surges: dict[str, tuple[float, dict[str, Any]]] = {}
         self.assigns: dict[str, float] = {}
         self.consumer = AIOKafkaConsumer(
@@ -164,7 +164,7 @@ class Outputs:
             await self.consumer.stop()
 
 
-def start_process(kind: str, settings: Settings, home: Path, env: dict[str, str], args: list[str]) -> Any:
+def start_process(kind: str, home: Path, env: dict[str, str], args: list[str]) -> Any:
     log = open(home / f"{kind}.log", "w")  # noqa: SIM115 - the child keeps it
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OBSERVER_HOME": str(home), **env}
     cmd = [sys.executable, "-m", "app.cli", kind, *args]
@@ -217,8 +217,8 @@ async def measure(settings: Settings, home: Path, n: int, interval: float) -> li
     }
     outputs = Outputs(settings, watched)
     reader = asyncio.create_task(outputs.run())
-    worker = start_process("worker", settings, home, worker_env, ["--web-port", "0"])
-    bridge = start_process("bridge", settings, home, common, ["--metrics-port", "0"])
+    worker = start_process("worker", home, worker_env, ["--web-port", "0"])
+    bridge = start_process("bridge", home, common, ["--metrics-port", "0"])
     procs = [worker, bridge]
     try:
         ready = lambda: all(probe.polls[c] for c in codes)  # noqa: E731

@@ -54,8 +54,6 @@ class JsonlArchive:
         self.root = root
         self.lengths: dict[str, int] = {}  # relative path -> committed length
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to write
-        self.bytes_written = 0
-        self.lines_written = 0
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -124,8 +122,6 @@ class JsonlArchive:
             self._roll_back(lines)
             raise
         self.lengths, self.offsets = lengths, merged
-        self.bytes_written += sum(written.values())
-        self.lines_written += sum(len(chunk) for chunk in lines.values())
 
     def _roll_back(self, touched: Mapping[str, Sequence[bytes]]) -> None:
         for rel in touched:
