@@ -22,7 +22,7 @@ from app.config import Settings
 from app.records import default_codec
 from app.smoke import sample_tick
 from app.stack.common import StackError, pid_alive, wait_until
-from app.stack.kafka import LocalKafka
+from app.stack.kafka import LocalKafka, new_cluster_id
 from app.topics import apply_topics, load_topics
 
 OBSERVER = [sys.executable, "-m", "app.cli"]
@@ -99,6 +99,14 @@ async def consume_all(settings: Settings, topic: str, expected: int, group: str)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """One random id in 64 starts with '-', which the storage tool parses as an option (a CI failure)."""
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 def test_status_reports_both_services_running(stack: Settings) -> None:

@@ -79,6 +79,18 @@ logger.apache.level = info
 """
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, an id starting with '-' is drawn again:
+    the storage tool's argument parser would take it for an option (1 id in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalKafka:
     """Install, start, check and stop the project's own Kafka broker."""
 
@@ -185,7 +197,7 @@ class LocalKafka:
         if (self.data_dir / "meta.properties").is_file():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         run_checked(
             [
                 "java",
