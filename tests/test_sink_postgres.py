@@ -14,7 +14,17 @@ from procs import OBSERVER, free_port
 from psycopg import sql
 
 from app.config import Settings
-from app.sink.postgres import TickStore, migrate, migrations, partition_name, tick_row
+from app.sink.postgres import (
+    PgStore,
+    decision_row,
+    migrate,
+    migrations,
+    overflow_row,
+    partition_name,
+    snapshot_row,
+    surge_row,
+    tick_row,
+)
 
 TOPIC = "kis.ticks.raw"
 
@@ -71,14 +81,17 @@ def test_a_batch_written_twice_is_stored_once_with_its_offsets(stack: Settings, 
     async def scenario() -> None:
         async with await connect(stack) as conn:
             await migrate(conn, pg_schema)
-            store = TickStore(conn, pg_schema, "sink")
+            store = PgStore(conn, pg_schema, "sink")
             rows = [tick_row(tick("005930", "20260126", c)) for c in (10, 20, 30)]
             rows.append(tick_row(tick("000660", "20260127", 5)))
-            assert await store.write(rows, {(TOPIC, 0): 3, (TOPIC, 4): 1}) == 4
-            assert await store.write(rows, {(TOPIC, 0): 2}) == 0, "a redelivered batch adds no row"
-            assert await store.next_offsets() == {(TOPIC, 0): 3, (TOPIC, 4): 1}
-            fresh = TickStore(conn, pg_schema, "sink")  # a restarted sink finds the partitions there
-            assert await fresh.write([tick_row(tick("005930", "20260126", 40))], {(TOPIC, 0): 4}) == 1
+            assert await store.write({"ticks": rows}, {(TOPIC, 0): 3, (TOPIC, 4): 1}) == {"ticks": 4}
+            assert await store.write({"ticks": rows}, {(TOPIC, 0): 2}) == {"ticks": 0}, "redelivered: no row"
+            assert store.is_written(TOPIC, 0, 2) and not store.is_written(TOPIC, 0, 3)
+            fresh = PgStore(conn, pg_schema, "sink")  # a restarted sink finds the partitions and offsets there
+            assert await fresh.load_offsets() == {(TOPIC, 0): 3, (TOPIC, 4): 1}
+            assert await fresh.write({"ticks": [tick_row(tick("005930", "20260126", 40))]}, {(TOPIC, 0): 4}) == {
+                "ticks": 1
+            }
             cur = await conn.execute(
                 sql.SQL("SELECT tableoid::regclass::text, count(*) FROM {}.ticks GROUP BY 1 ORDER BY 1").format(
                     sql.Identifier(pg_schema)
@@ -86,8 +99,8 @@ def test_a_batch_written_twice_is_stored_once_with_its_offsets(stack: Settings, 
             )
             by_partition = dict(await cur.fetchall())
         assert by_partition == {
-            f"{pg_schema}.{partition_name(dt.date(2026, 1, 26))}": 4,
-            f"{pg_schema}.{partition_name(dt.date(2026, 1, 27))}": 1,
+            f"{pg_schema}.{partition_name('ticks', dt.date(2026, 1, 26))}": 4,
+            f"{pg_schema}.{partition_name('ticks', dt.date(2026, 1, 27))}": 1,
         }
 
     asyncio.run(scenario())
@@ -97,14 +110,94 @@ def test_a_failed_batch_leaves_neither_rows_nor_offsets_and_can_be_retried(stack
     async def scenario() -> None:
         async with await connect(stack) as conn:
             await migrate(conn, pg_schema)
-            store = TickStore(conn, pg_schema, "sink")
+            store = PgStore(conn, pg_schema, "sink")
             row = tick_row(tick("005930", "20260128", 10))
             bad = (row[0], None, *row[2:])  # a NULL symbol violates NOT NULL, after the good row was copied
             good = tick_row(tick("000660", "20260128", 7))
             with pytest.raises(psycopg.errors.NotNullViolation):
-                await store.write([good, bad], {(TOPIC, 1): 2})
-            assert await store.next_offsets() == {}
-            assert await store.write([good], {(TOPIC, 1): 2}) == 1, "the day's partition is made again"
+                await store.write({"ticks": [good, bad]}, {(TOPIC, 1): 2})
+            assert await store.load_offsets() == {} and not store.is_written(TOPIC, 1, 0)
+            assert await store.write({"ticks": [good]}, {(TOPIC, 1): 2}) == {"ticks": 1}, "partition made again"
+
+    asyncio.run(scenario())
+
+
+def test_every_record_kind_has_its_table_and_its_natural_key(stack: Settings, pg_schema: str) -> None:
+    """Snapshots, surges, decisions and overflow land in their day partitions; the same records again add
+    nothing; a decision's day is its KST day (23:30 UTC is the next day in Seoul)."""
+    late_utc = int(dt.datetime(2026, 1, 26, 23, 30, tzinfo=dt.UTC).timestamp()) * 10**6
+    snapshot = {
+        "symbol": "005930",
+        "business_date": "20260127",
+        "snapshot_time_us": late_utc,
+        "source": "volume_rank:0",
+        "price": 53000,
+        "cumulative_volume": 1000,
+        "change_rate": 1.5,
+        "rank": 3,
+        "raw": {"stck_prpr": "53000", "acml_vol": "1000"},
+    }
+    surge = {
+        "symbol": "005930",
+        "business_date": "20260127",
+        "window_start_us": late_utc - 60 * 10**6,
+        "event_time_us": late_utc,
+        "current_volume": 90_000,
+        "avg_volume_10m": 3000.0,
+        "surge_ratio": 30.0,
+        "priority_score": 30.0,
+        "source": "ticks",
+    }
+    decision = {
+        "decision_id": "main-1-abc",
+        "app_key_id": "main",
+        "slot_id": 7,
+        "symbol": "005930",
+        "action": "assign",
+        "trigger_type": "surge",
+        "priority_score": 30.0,
+        "decided_at_us": late_utc,
+        "detected_at_us": late_utc - 1,
+        "current_volume": 90_000,
+        "avg_volume_10m": 3000.0,
+        "surge_ratio": 30.0,
+        "replaced_symbol": None,
+        "reason": "free slot",
+    }
+    overflow = {k: decision[k] for k in ("symbol", "app_key_id", "trigger_type", "priority_score")} | {
+        "detected_at_us": late_utc - 1,
+        "decided_at_us": late_utc,
+        "reason": "no_slot",
+        "current_volume": 1,
+        "avg_volume_10m": 1.0,
+        "surge_ratio": 1.0,
+    }
+    rows = {
+        "snapshots": [snapshot_row(snapshot)],
+        "surges": [surge_row(surge)],
+        "slot_decisions": [decision_row(decision)],
+        "slot_overflow": [overflow_row(overflow)],
+    }
+
+    async def scenario() -> None:
+        async with await connect(stack) as conn:
+            await migrate(conn, pg_schema)
+            store = PgStore(conn, pg_schema, "sink")
+            assert await store.write(rows, {}) == dict.fromkeys(rows, 1)
+            assert await store.write(rows, {}) == dict.fromkeys(rows, 0)
+            found = {}
+            for table in rows:
+                cur = await conn.execute(
+                    sql.SQL("SELECT tableoid::regclass::text FROM {}.{}").format(
+                        sql.Identifier(pg_schema), sql.Identifier(table)
+                    )
+                )
+                found[table] = [r[0] for r in await cur.fetchall()]
+            cur = await conn.execute(
+                sql.SQL("SELECT raw->>'acml_vol' FROM {}.snapshots").format(sql.Identifier(pg_schema))
+            )
+            assert await cur.fetchall() == [("1000",)]
+        assert found == {t: [f"{pg_schema}.{partition_name(t, dt.date(2026, 1, 27))}"] for t in rows}
 
     asyncio.run(scenario())
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
+
+from app.krx import KST
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +92,30 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[Migra
     return applied_now
 
 
-def partition_name(day: dt.date) -> str:
-    return f"ticks_{day:%Y%m%d}"
+def partition_name(table: str, day: dt.date) -> str:
+    return f"{table}_{day:%Y%m%d}"
+
+
+def _utc(time_us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(time_us / 1_000_000, dt.UTC)
+
+
+def _day(yyyymmdd: str) -> dt.date:
+    return dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
+
+
+def _kst_day(time_us: int) -> dt.date:
+    return dt.datetime.fromtimestamp(time_us // 1_000_000, KST).date()
 
 
 def tick_row(tick: Mapping[str, Any]) -> tuple[Any, ...]:
     """A RawTick record as a ``ticks`` row (columns in TICK_COLUMNS order)."""
     return (
-        dt.datetime.strptime(tick["business_date"], "%Y%m%d").date(),
+        _day(tick["business_date"]),
         tick["symbol"],
         tick["cumulative_volume"],
         tick["trade_time"],
-        dt.datetime.fromtimestamp(tick["event_time_us"] / 1_000_000, dt.UTC),
+        _utc(tick["event_time_us"]),
         tick["price"],
         tick["trade_volume"],
         tick["change_sign"],
@@ -108,7 +123,7 @@ def tick_row(tick: Mapping[str, Any]) -> tuple[Any, ...]:
         tick["best_ask"],
         tick["best_bid"],
         tick["side"],
-        dt.datetime.fromtimestamp(tick["received_at_us"] / 1_000_000, dt.UTC),
+        _utc(tick["received_at_us"]),
         tick["app_key_id"],
         tick["session_id"],
         tick["frame_seq"],
@@ -117,59 +132,195 @@ def tick_row(tick: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-class TickStore:
-    """Writes batches of ticks with their offsets; one per sink process (``consumer`` names it)."""
+def snapshot_row(snapshot: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        _day(snapshot["business_date"]),
+        snapshot["symbol"],
+        snapshot["source"],
+        _utc(snapshot["snapshot_time_us"]),
+        snapshot["price"],
+        snapshot["cumulative_volume"],
+        snapshot["change_rate"],
+        snapshot["rank"],
+        orjson.dumps(snapshot["raw"], option=orjson.OPT_SORT_KEYS).decode(),
+    )
+
+
+def surge_row(surge: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        _day(surge["business_date"]),
+        surge["symbol"],
+        surge["source"],
+        _utc(surge["window_start_us"]),
+        _utc(surge["event_time_us"]),
+        surge["current_volume"],
+        surge["avg_volume_10m"],
+        surge["surge_ratio"],
+        surge["priority_score"],
+    )
+
+
+def decision_row(decision: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        _kst_day(decision["decided_at_us"]),
+        decision["decision_id"],
+        decision["app_key_id"],
+        decision["slot_id"],
+        decision["symbol"],
+        decision["action"],
+        decision["trigger_type"],
+        decision["priority_score"],
+        _utc(decision["decided_at_us"]),
+        _utc(decision["detected_at_us"]),
+        decision["current_volume"],
+        decision["avg_volume_10m"],
+        decision["surge_ratio"],
+        decision["replaced_symbol"],
+        decision["reason"],
+    )
+
+
+def overflow_row(overflow: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        _kst_day(overflow["decided_at_us"]),
+        _utc(overflow["decided_at_us"]),
+        overflow["symbol"],
+        overflow["trigger_type"],
+        _utc(overflow["detected_at_us"]),
+        overflow["app_key_id"],
+        overflow["priority_score"],
+        overflow["reason"],
+        overflow["current_volume"],
+        overflow["avg_volume_10m"],
+        overflow["surge_ratio"],
+    )
+
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "ticks": TICK_COLUMNS,
+    "snapshots": (
+        "business_date",
+        "symbol",
+        "source",
+        "snapshot_time",
+        "price",
+        "cumulative_volume",
+        "change_rate",
+        "rank",
+        "raw",
+    ),
+    "surges": (
+        "business_date",
+        "symbol",
+        "source",
+        "window_start",
+        "event_time",
+        "current_volume",
+        "avg_volume_10m",
+        "surge_ratio",
+        "priority_score",
+    ),
+    "slot_decisions": (
+        "business_date",
+        "decision_id",
+        "app_key_id",
+        "slot_id",
+        "symbol",
+        "action",
+        "trigger_type",
+        "priority_score",
+        "decided_at",
+        "detected_at",
+        "current_volume",
+        "avg_volume_10m",
+        "surge_ratio",
+        "replaced_symbol",
+        "reason",
+    ),
+    "slot_overflow": (
+        "business_date",
+        "decided_at",
+        "symbol",
+        "trigger_type",
+        "detected_at",
+        "app_key_id",
+        "priority_score",
+        "reason",
+        "current_volume",
+        "avg_volume_10m",
+        "surge_ratio",
+    ),
+}
+
+
+class PgStore:
+    """Writes batches of rows (table -> rows, the business date first in every row) with their offsets, in
+    one transaction; one per sink process (``consumer`` names it in ``sink_offsets``)."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], schema: str, consumer: str) -> None:
         self.conn, self.schema, self.consumer = conn, schema, consumer
-        self._partitions: set[dt.date] = set()
+        self._partitions: set[tuple[str, dt.date]] = set()
+        self.offsets: dict[tuple[str, int], int] = {}  # as committed; load_offsets() reads them
 
-    async def next_offsets(self) -> dict[tuple[str, int], int]:
+    async def load_offsets(self) -> dict[tuple[str, int], int]:
         cur = await self.conn.execute(
             sql.SQL("SELECT topic, kafka_partition, next_offset FROM {}.sink_offsets WHERE consumer = %s").format(
                 sql.Identifier(self.schema)
             ),
             (self.consumer,),
         )
-        return {(topic, partition): nxt for topic, partition, nxt in await cur.fetchall()}
+        self.offsets = {(topic, partition): nxt for topic, partition, nxt in await cur.fetchall()}
+        return dict(self.offsets)
 
-    async def write(self, rows: Sequence[tuple[Any, ...]], offsets: Mapping[tuple[str, int], int]) -> int:
-        """Insert ``rows`` (``tick_row``s) and record ``offsets`` in one transaction; returns rows inserted
-        (fewer than given when some were already there)."""
+    def is_written(self, topic: str, partition: int, offset: int) -> bool:
+        return offset < self.offsets.get((topic, partition), 0)
+
+    async def write(
+        self, rows: Mapping[str, Sequence[tuple[Any, ...]]], offsets: Mapping[tuple[str, int], int]
+    ) -> dict[str, int]:
+        """Insert ``rows`` and record ``offsets`` ((topic, partition) -> next offset) in one transaction;
+        returns the rows inserted per table (fewer than given when some keys were already there)."""
         schema = sql.Identifier(self.schema)
-        new_days = {row[0] for row in rows} - self._partitions
+        new = {(table, row[0]) for table, table_rows in rows.items() for row in table_rows} - self._partitions
+        inserted: dict[str, int] = {}
         async with self.conn.transaction():
-            await self._create_partitions(new_days)
-            await self.conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS ticks_staging (LIKE {}.ticks INCLUDING DEFAULTS)"
-                    " ON COMMIT DELETE ROWS"
-                ).format(schema)
-            )
-            columns = sql.SQL(", ").join(map(sql.Identifier, TICK_COLUMNS))
-            async with self.conn.cursor().copy(sql.SQL("COPY ticks_staging ({}) FROM STDIN").format(columns)) as copy:
-                for row in rows:
-                    await copy.write_row(row)
-            cur = await self.conn.execute(
-                sql.SQL("INSERT INTO {}.ticks ({}) SELECT {} FROM ticks_staging ON CONFLICT DO NOTHING").format(
-                    schema, columns, columns
+            for table, day in sorted(new):
+                await self.conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.{} FOR VALUES IN ({})").format(
+                        schema,
+                        sql.Identifier(partition_name(table, day)),
+                        schema,
+                        sql.Identifier(table),
+                        sql.Literal(day),
+                    )
                 )
-            )
-            inserted = cur.rowcount
+            for table, table_rows in rows.items():
+                if table_rows:
+                    inserted[table] = await self._insert(table, table_rows)
             await self._save_offsets(offsets)
-        self._partitions |= new_days  # only once committed: a rolled-back CREATE must be made again
+        self._partitions |= new  # only once committed: a rolled-back CREATE must be made again
+        for key, nxt in offsets.items():
+            self.offsets[key] = max(self.offsets.get(key, 0), nxt)
         return inserted
 
-    async def _create_partitions(self, days: Iterable[dt.date]) -> None:
-        for day in sorted(days):
-            await self.conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.ticks FOR VALUES IN ({})").format(
-                    sql.Identifier(self.schema),
-                    sql.Identifier(partition_name(day)),
-                    sql.Identifier(self.schema),
-                    sql.Literal(day),
-                )
+    async def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        schema = sql.Identifier(self.schema)
+        staging = sql.Identifier(f"{table}_staging")
+        await self.conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}.{} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
+                staging, schema, sql.Identifier(table)
             )
+        )
+        columns = sql.SQL(", ").join(map(sql.Identifier, TABLE_COLUMNS[table]))
+        async with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, columns)) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        cur = await self.conn.execute(
+            sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                schema, sql.Identifier(table), columns, columns, staging
+            )
+        )
+        return cur.rowcount
 
     async def _save_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
         if not offsets:
