@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -403,6 +404,39 @@ def worker(ctx: click.Context, web_port: int | None) -> None:
     if web_port:
         s = s.model_copy(update={"worker_web_port": web_port})
     run_worker(s)
+
+
+# ------------------------------------------------------------------------------------------- sink
+
+
+@cli.command()
+@click.option("--web-port", default=None, type=int, help="Faust web server port on 127.0.0.1 (/metrics).")
+@click.option("--data-root", default=None, type=click.Path(path_type=Path), help="JSONL root (OBSERVER_DATA_ROOT).")
+@click.pass_context
+def sink(ctx: click.Context, web_port: int | None, data_root: Path | None) -> None:
+    """Every record of kis.ticks.raw, kis.snapshots, observer.surges, slot.decisions and slot.overflow
+    into hourly/daily JSONL files under the data root and day-partitioned PostgreSQL tables.
+
+    A batch is in both stores (files fsynced, transaction committed, each with its Kafka offsets) before
+    its consumer offsets are committed; a restart cuts uncommitted bytes and skips what either store
+    already holds, so nothing is lost or written twice. PostgreSQL down or a full disk: the batch is
+    retried with backoff, counted (observer_sink_write_errors) and logged, and nothing moves on until it
+    is written. Records that can never be written go to kis.dlq with the reason. Applies the database
+    migrations at start. One sink per data root. Metrics at http://127.0.0.1:19103/metrics.
+    """
+    from app.sink.agent import run_sink
+    from app.sink.archive import ArchiveError
+
+    s = _settings(ctx)
+    if web_port:
+        s = s.model_copy(update={"sink_web_port": web_port})
+    if data_root:
+        s = s.model_copy(update={"data_root": data_root})
+    try:
+        run_sink(s)
+    except ArchiveError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 # ------------------------------------------------------------------------------------------- smoke

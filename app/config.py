@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     scanner_interval_s: float = Field(default=5.0, ge=0)
     scanner_rankings: list[str] = Field(default_factory=lambda: ["0", "1"])
     scanner_watchlist: list[str] = Field(default_factory=list)
+    # The sink (one process per data root): JSONL under data_root, rows in pg_schema.
+    data_root: Path = Field(default_factory=lambda: _default_home() / "data", description="JSONL archive root.")
+    sink_app_id: str = Field(default="observer-sink", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    sink_web_host: str = "127.0.0.1"
+    sink_web_port: int = Field(default=19103, ge=1, le=65535)
+    # A batch is up to this many records (waiting at most sink_batch_wait_s): one fsync and one
+    # transaction per batch.
+    sink_batch_max: int = Field(default=5000, ge=1)
+    sink_batch_wait_s: float = Field(default=0.2, gt=0)
+    sink_retry_max_s: float = Field(default=30.0, gt=0)  # longest pause between retries of a failing store
+
     # Output topics (surges, decisions, overflow) get this prefix instead of topic_prefix when set: a replay
     # or a second app id writes beside the live outputs while reading the same inputs.
     output_prefix: str | None = None

@@ -12,6 +12,9 @@ So after a crash at any point:
 - a record below a partition's committed offset was already written: :meth:`JsonlArchive.is_written`
   says so and the caller skips it, whatever the consumer group's own offsets say.
 
+The commit record also holds the natural-key marks of the lines written (``app.sink.render.Dedupe``), so
+a record that is in Kafka twice (a bridge that republished after a crash) gets one line, across restarts.
+
 A file a batch is about to create is first registered at length 0 in the commit record, so recovery
 knows every file it may have touched; a file it never registered is left alone. One archive (one sink
 process) per data root.
@@ -24,6 +27,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -54,6 +58,7 @@ class JsonlArchive:
         self.root = root
         self.lengths: dict[str, int] = {}  # relative path -> committed length
         self.offsets: dict[str, int] = {}  # "topic:partition" -> next offset to write
+        self.marks: dict[str, list[Any]] = {}  # natural-key marks of what was written (see app.sink.render)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -67,6 +72,7 @@ class JsonlArchive:
                 doc = orjson.loads(commit.read_bytes())
                 self.lengths = {str(k): int(v) for k, v in doc["lengths"].items()}
                 self.offsets = {str(k): int(v) for k, v in doc["offsets"].items()}
+                self.marks = dict(doc.get("marks", {}))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ArchiveError(f"{commit}: unreadable commit record ({exc}); refusing to guess") from exc
         for rel, length in self.lengths.items():
@@ -90,15 +96,20 @@ class JsonlArchive:
 
     # ------------------------------------------------------------------------------------------ writes
 
-    def write(self, lines: Mapping[str, Sequence[bytes]], offsets: Mapping[tuple[str, int], int]) -> None:
+    def write(
+        self,
+        lines: Mapping[str, Sequence[bytes]],
+        offsets: Mapping[tuple[str, int], int],
+        marks: Mapping[str, list[Any]] | None = None,
+    ) -> None:
         """Append ``lines`` (relative path -> lines) and commit them with ``offsets`` ((topic, partition) ->
-        next offset). On any error the files are cut back to their committed lengths and the error is raised:
-        the caller retries the same batch."""
+        next offset) and, when given, the new ``marks`` (replacing the old). On any error the files are cut
+        back to their committed lengths and the error is raised: the caller retries the same batch."""
         new = [rel for rel in lines if rel not in self.lengths]
         if new:
             for rel in new:
                 (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            self._commit({**self.lengths, **{rel: 0 for rel in new}}, self.offsets)
+            self._commit({**self.lengths, **{rel: 0 for rel in new}}, self.offsets, self.marks)
             self.lengths.update({rel: 0 for rel in new})
         written: dict[str, int] = {}
         try:
@@ -117,11 +128,12 @@ class JsonlArchive:
             for (topic, partition), nxt in offsets.items():
                 key = f"{topic}:{partition}"
                 merged[key] = max(merged.get(key, 0), nxt)
-            self._commit(lengths, merged)
+            new_marks = self.marks if marks is None else dict(marks)
+            self._commit(lengths, merged, new_marks)
         except BaseException:
             self._roll_back(lines)
             raise
-        self.lengths, self.offsets = lengths, merged
+        self.lengths, self.offsets, self.marks = lengths, merged, new_marks
 
     def _roll_back(self, touched: Mapping[str, Sequence[bytes]]) -> None:
         for rel in touched:
@@ -132,10 +144,11 @@ class JsonlArchive:
             except OSError as exc:  # the batch's own error is raised; open() cuts the file at the next start
                 log.error("archive: could not cut %s back to %d bytes: %s", path, self.lengths[rel], exc)
 
-    def _commit(self, lengths: Mapping[str, int], offsets: Mapping[str, int]) -> None:
+    def _commit(self, lengths: Mapping[str, int], offsets: Mapping[str, int], marks: Mapping[str, Any]) -> None:
         tmp = self.root / (COMMIT_FILE + ".tmp")
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps({"lengths": lengths, "offsets": offsets}, option=orjson.OPT_SORT_KEYS))
+            doc = {"lengths": lengths, "offsets": offsets, "marks": marks}
+            f.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / COMMIT_FILE)

@@ -5,7 +5,8 @@
   slot_id, trigger_type, priority_score, detected_at, details), by the decision's KST day;
 - ``system/overflow_YYYYMMDD.jsonl``: one line per overflow record, in the seed's fields plus the volume
   figures;
-- ``observer/swing/YYYYMMDD.jsonl``: one line per scanner snapshot.
+- ``observer/swing/YYYYMMDD.jsonl``: one line per scanner snapshot;
+- ``observer/surges/YYYYMMDD.jsonl``: one line per volume surge (not in the seed; its slot lines carried them).
 
 Times are KST ISO 8601 with microseconds. Every value comes from the record itself (never the sink's
 clock), so a redelivered or replayed record renders the same bytes.
@@ -118,5 +119,22 @@ def swing_line(snapshot: dict[str, Any]) -> bytes:
             "price": snapshot["price"],
             "accumulated_volume": snapshot["cumulative_volume"],
             "change_rate": snapshot["change_rate"],
+        }
+    )
+
+
+def surge_path(surge: dict[str, Any]) -> str:
+    return f"observer/surges/{surge['business_date']}.jsonl"
+
+
+def surge_line(surge: dict[str, Any]) -> bytes:
+    return dumps(
+        {
+            "timestamp": kst_iso(surge["event_time_us"]),
+            "symbol": surge["symbol"],
+            "source": surge["source"],
+            "window_start": kst_iso(surge["window_start_us"]),
+            "priority_score": surge["priority_score"],
+            "details": _surge_details(surge),
         }
     )
