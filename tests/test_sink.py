@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import random
-import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +24,6 @@ from test_codec import EXAMPLES
 
 from app.config import Settings
 from app.records import default_codec
-from app.stack.postgres import LocalPostgres
 from app.topics import apply_topics, load_topics
 
 DAY = RECENT_OPEN.strftime("%Y%m%d")
