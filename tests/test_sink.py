@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
+import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from test_codec import EXAMPLES
 
 from app.config import Settings
 from app.records import default_codec
+from app.stack.postgres import LocalPostgres
 from app.topics import apply_topics, load_topics
 
 DAY = RECENT_OPEN.strftime("%Y%m%d")
@@ -282,3 +287,149 @@ def test_every_kind_of_record_reaches_jsonl_and_postgres_once(
         ("sink", "undecodable", settings.topic("kis.ticks.raw")),
     ]
     assert "business_date='2026'" in next(d["detail"] for d in dead if d["reason"] == "invalid")
+
+
+# ------------------------------------------------------------------------------------------ kill -9
+
+
+def test_kill_9_five_times_loses_and_duplicates_nothing(topics: Settings, pg_schema: str, sink_home: Path) -> None:
+    """Ticks keep arriving while the sink is killed with SIGKILL five times, each at a random moment after
+    it has written something since its start; in the end JSONL lines == rows == ticks in Kafka, each once."""
+    settings = topics
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    chunks = [make_ticks(1500, start=i * 1500, step_us=1_000_000) for i in range(8)]
+    ticks = [t for chunk in chunks for t in chunk]
+    producer = threading.Thread(target=lambda: [produce_ticks(settings, c) for c in chunks])
+    data_root = sink_home / "data"
+    sink = SinkProcess(settings, pg_schema, data_root, sink_home, {"OBSERVER_SINK_BATCH_MAX": "300"})
+    producer.start()
+    try:
+        for kill in range(5):
+            before = max(pg_count(settings, pg_schema, "ticks"), 0)
+            wait_for(
+                f"progress before kill {kill + 1} (seed {seed})",
+                lambda before=before: pg_count(settings, pg_schema, "ticks") > before,  # type: ignore[misc]
+                sink=sink,
+            )
+            time.sleep(rng.uniform(0, 1.0))  # the random moment of the kill, not a synchronisation
+            assert sink.stop(signal.SIGKILL) == -signal.SIGKILL
+            sink.start()
+        producer.join(timeout=120)
+        assert not producer.is_alive()
+        wait_for(
+            f"every tick in Postgres and JSONL (seed {seed})",
+            lambda: pg_count(settings, pg_schema, "ticks") == len(ticks) and len(scalp_lines(data_root)) == len(ticks),
+            deadline_s=120,
+            sink=sink,
+        )
+    finally:
+        code = sink.stop()
+    assert code == 0, sink.output()[-3000:]
+    assert_once_each(settings, pg_schema, data_root, ticks)
+    in_kafka = asyncio.run(read_topic(settings, "kis.ticks.raw"))
+    assert len(in_kafka) == len(ticks)
+    print(f"seed {seed}; recovery cut bytes {sink.output().count('recovery cut')} times")
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def metric(sink: SinkProcess, name: str) -> float:
+    return sink.metrics().get(name, 0.0)
+
+
+@pytest.fixture
+def private_postgres(stack: Settings) -> Iterator[tuple[Settings, LocalPostgres]]:
+    """A PostgreSQL server of this test's own (the test stops it), under the stack's home."""
+    settings = stack.model_copy(update={"home": stack.home / f"pg-{uuid.uuid4().hex[:8]}", "pg_port": free_port()})
+    server = LocalPostgres(settings)
+    server.start()
+    yield settings, server
+    server.stop()
+    shutil.rmtree(settings.home, ignore_errors=True)
+
+
+def test_postgres_down_for_60_s_pauses_the_sink_and_it_catches_up(
+    topics: Settings, private_postgres: tuple[Settings, LocalPostgres], sink_home: Path
+) -> None:
+    pg_settings, server = private_postgres
+    settings = topics.model_copy(update={"pg_port": pg_settings.pg_port})
+    first, second = make_ticks(2000), make_ticks(2000, start=2000)
+    data_root = sink_home / "data"
+    produce_ticks(settings, first)
+    sink = SinkProcess(settings, "observer", data_root, sink_home)
+    try:
+        wait_for(
+            "the first ticks in Postgres", lambda: pg_count(settings, "observer", "ticks") == len(first), sink=sink
+        )
+        server.stop()
+        stopped = time.monotonic()
+        produce_ticks(settings, second)
+        wait_for(
+            "the sink to notice",
+            lambda: (
+                metric(sink, 'observer_sink_paused{store="postgres"}') == 1
+                and metric(sink, 'observer_sink_write_errors_total{error="OperationalError",store="postgres"}') > 0
+            ),
+            sink=sink,
+        )
+        assert len(scalp_lines(data_root)) < len(first) + len(second), "nothing moves on while Postgres is away"
+        time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))  # the outage lasts 60 s: the scenario itself
+        assert sink.proc.poll() is None
+        server.start()
+        wait_for(
+            "every tick in both stores",
+            lambda: (
+                pg_count(settings, "observer", "ticks") == len(first) + len(second)
+                and len(scalp_lines(data_root)) == len(first) + len(second)
+            ),
+            sink=sink,
+        )
+        wait_for("the pause to end", lambda: metric(sink, 'observer_sink_paused{store="postgres"}') == 0, sink=sink)
+    finally:
+        code = sink.stop()
+    assert code == 0, sink.output()[-3000:]
+    assert_once_each(settings, "observer", data_root, first + second)
+    assert "postgres write failed (OperationalError" in sink.output()
+
+
+def test_a_full_disk_pauses_the_sink_and_all_data_follows_once_space_returns(
+    topics: Settings, pg_schema: str, sink_home: Path
+) -> None:
+    settings = topics
+    disk = sink_home / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        ticks = make_ticks(3000)  # about 1 MB of scalp lines
+        produce_ticks(settings, ticks)
+        sink = SinkProcess(settings, pg_schema, disk / "data", sink_home)
+        try:
+            wait_for(
+                "ENOSPC",
+                lambda: (
+                    metric(sink, 'observer_sink_write_errors_total{error="ENOSPC",store="jsonl"}') > 0
+                    and metric(sink, 'observer_sink_paused{store="jsonl"}') == 1
+                ),
+                sink=sink,
+            )
+            written = scalp_lines(disk / "data")  # every line whole: a failed append was cut back
+            assert 0 < len(written) < len(ticks)
+            subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+            wait_for(
+                "every tick in both stores",
+                lambda: (
+                    pg_count(settings, pg_schema, "ticks") == len(ticks)
+                    and len(scalp_lines(disk / "data")) == len(ticks)
+                ),
+                sink=sink,
+            )
+            wait_for("the pause to end", lambda: metric(sink, 'observer_sink_paused{store="jsonl"}') == 0, sink=sink)
+        finally:
+            code = sink.stop()
+        assert code == 0, sink.output()[-3000:]
+        assert_once_each(settings, pg_schema, disk / "data", ticks)
+        assert "jsonl write failed (ENOSPC" in sink.output()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
