@@ -15,6 +15,7 @@ clock), so a redelivered or replayed record renders the same bytes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import orjson
@@ -38,7 +39,12 @@ def dumps(doc: dict[str, Any]) -> bytes:
 
 
 def scalp_path(tick: dict[str, Any]) -> str:
-    return f"observer/scalp/{_kst(tick['event_time_us']):%Y%m%d_%H}.jsonl"
+    return _scalp_path_of_hour(tick["event_time_us"] // 3_600_000_000)
+
+
+@functools.lru_cache(maxsize=256)
+def _scalp_path_of_hour(hour: int) -> str:  # one strftime per hour instead of one per trade
+    return f"observer/scalp/{_kst(hour * 3_600_000_000):%Y%m%d_%H}.jsonl"
 
 
 def scalp_line(tick: dict[str, Any], slot_id: int | None, trigger_type: str | None) -> bytes:

@@ -166,15 +166,16 @@ class SinkWriter:
         offsets: dict[TopicPart, int] = {}
         if self.before_ticks is not None and any(r.kind.name == "ticks" for r in records):
             await self._until_ok("kafka", self.before_ticks)
+        taken: dict[str, int] = {}
+        redelivered: dict[str, int] = {}
         for rec in records:
             tp = (rec.topic, rec.partition)
             offsets[tp] = max(offsets.get(tp, 0), rec.offset + 1)
-            self.metrics.records_in.labels(rec.kind.name).inc()
+            taken[rec.kind.name] = taken.get(rec.kind.name, 0) + 1
             in_jsonl = self.archive.is_written(rec.topic, rec.partition, rec.offset)
             in_pg = store.is_written(rec.topic, rec.partition, rec.offset)
             if in_jsonl and in_pg:
-                result.redelivered += 1
-                self.metrics.redelivered.labels(rec.kind.name).inc()
+                redelivered[rec.kind.name] = redelivered.get(rec.kind.name, 0) + 1
                 continue
             rendered = await self._render(rec, result)
             if rendered is None:
@@ -183,6 +184,11 @@ class SinkWriter:
                 jsonl_todo.append((rec, rendered))
             if not in_pg:
                 pg_todo.append((rec, rendered))
+        for kind, n in taken.items():
+            self.metrics.records_in.labels(kind).inc(n)
+        for kind, n in redelivered.items():
+            self.metrics.redelivered.labels(kind).inc(n)
+            result.redelivered += n
         await asyncio.gather(self._write_jsonl(jsonl_todo, offsets, result), self._write_pg(pg_todo, offsets, result))
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return result
@@ -253,9 +259,10 @@ class SinkWriter:
         dedupe = Dedupe(self.archive.marks)
         files: dict[str, list[bytes]] = {}
         counts: dict[str, int] = {}
+        duplicates: dict[str, int] = {}
         for rec, rendered in todo:
             if not dedupe.admit(rendered.key):
-                self.metrics.duplicates.labels("jsonl", rec.kind.name).inc()
+                duplicates[rec.kind.name] = duplicates.get(rec.kind.name, 0) + 1
                 continue
             if rendered.file is not None:
                 path, line = rendered.file
@@ -263,6 +270,8 @@ class SinkWriter:
                 counts[rec.kind.name] = counts.get(rec.kind.name, 0) + 1
         if not files and all(self.archive.next_offset(t, p) == n for (t, p), n in offsets.items()):
             return
+        for kind, n in duplicates.items():
+            self.metrics.duplicates.labels("jsonl", kind).inc(n)
         marks = dedupe.marks()
         await self._until_ok("jsonl", lambda: asyncio.to_thread(self.archive.write, files, offsets, marks))
         for kind, n in counts.items():
