@@ -433,3 +433,38 @@ def test_a_full_disk_pauses_the_sink_and_all_data_follows_once_space_returns(
         assert "jsonl write failed (ENOSPC" in sink.output()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_store_behind_the_group_offsets_is_filled_from_kafka(
+    topics: Settings, pg_schema: str, sink_home: Path
+) -> None:
+    """The database comes back empty (restored from an old backup) while the consumer group has committed
+    everything: the sink reads what Postgres is missing straight from Kafka; JSONL gets nothing twice."""
+    settings = topics
+    first, second = make_ticks(300), make_ticks(300, start=300)
+    data_root = sink_home / "data"
+    produce_ticks(settings, first)
+    sink = SinkProcess(settings, pg_schema, data_root, sink_home)
+    try:
+        wait_for("the first ticks", lambda: pg_count(settings, pg_schema, "ticks") == len(first), sink=sink)
+    finally:
+        assert sink.stop() == 0
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(pg_schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+    produce_ticks(settings, second)
+    sink.start()
+    try:
+        wait_for(
+            "every tick in both stores",
+            lambda: (
+                pg_count(settings, pg_schema, "ticks") == len(first) + len(second)
+                and len(scalp_lines(data_root)) == len(first) + len(second)
+            ),
+            sink=sink,
+        )
+        gap = wait_for("the gap count", lambda: metric(sink, "observer_sink_gap_records_total"), sink=sink)
+    finally:
+        assert sink.stop() == 0
+    assert gap == len(first)
+    assert_once_each(settings, pg_schema, data_root, first + second)
