@@ -251,6 +251,7 @@ def test_every_kind_of_record_reaches_jsonl_and_postgres_once(
     try:
         wait_for("all ticks in Postgres", lambda: pg_count(settings, pg_schema, "ticks") == len(ticks), sink=sink)
         wait_for("the release in Postgres", lambda: pg_count(settings, pg_schema, "slot_decisions") == 2, sink=sink)
+        wait_for("no lag", lambda: sink.metrics().get('observer_sink_lag{topic="kis.ticks.raw"}') == 0, sink=sink)
         metrics = wait_for(
             "the DLQ count",
             lambda: (m := sink.metrics()).get('observer_sink_dead_letters_total{reason="invalid"}') and m,
@@ -281,6 +282,9 @@ def test_every_kind_of_record_reaches_jsonl_and_postgres_once(
     assert metrics['observer_sink_duplicates_total{kind="ticks",store="postgres"}'] == 1
     assert metrics['observer_sink_dead_letters_total{reason="undecodable"}'] == 1
     assert metrics['observer_sink_dead_letters_total{reason="invalid"}'] == 1
+    newest = max((data_root / "observer" / "scalp").iterdir())
+    shown = {k: v for k, v in metrics.items() if k.startswith("observer_sink_file_bytes") and "/scalp/" in k}
+    assert shown == {f'observer_sink_file_bytes{{file="observer/scalp/{newest.name}"}}': newest.stat().st_size}
     dead = [default_codec().decode(v)[1] for v in asyncio.run(read_topic(settings, "kis.dlq"))]
     assert sorted((d["stage"], d["reason"], d["source_topic"]) for d in dead) == [
         ("sink", "invalid", settings.topic("kis.ticks.raw")),

@@ -18,6 +18,7 @@ import asyncio
 import errno
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +154,7 @@ class SinkWriter:
         self.before_ticks = before_ticks
         self.read_gap = read_gap
         self.retry_max_s = retry_max_s
+        self._newest_file: dict[str, str] = {}  # family of files -> the newest one shown in file_bytes
 
     # ------------------------------------------------------------------------------------------ a batch
 
@@ -279,7 +281,16 @@ class SinkWriter:
             result.lines += n
         for path in files:
             result.files[path] = self.archive.lengths[path]
-            self.metrics.file_bytes.labels(path).set(self.archive.lengths[path])
+            self._show_file_bytes(path)
+
+    def _show_file_bytes(self, path: str) -> None:
+        """One series per family of files (the newest file's), so the label set stays bounded."""
+        family = re.sub(r"\d{8}(_\d{2})?\.jsonl$", "", path)
+        previous = self._newest_file.get(family)
+        if previous is not None and previous != path:
+            self.metrics.file_bytes.remove(previous)
+        self._newest_file[family] = path
+        self.metrics.file_bytes.labels(path).set(self.archive.lengths[path])
 
     async def _write_pg(
         self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int], result: BatchResult
