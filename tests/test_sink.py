@@ -408,7 +408,8 @@ def test_a_full_disk_pauses_the_sink_and_all_data_follows_once_space_returns(
     try:
         ticks = make_ticks(3000)  # about 1 MB of scalp lines
         produce_ticks(settings, ticks)
-        sink = SinkProcess(settings, pg_schema, disk / "data", sink_home)
+        # Batches of 500 (about 165 KiB of lines): the first fits, a later one does not.
+        sink = SinkProcess(settings, pg_schema, disk / "data", sink_home, {"OBSERVER_SINK_BATCH_MAX": "500"})
         try:
             wait_for(
                 "ENOSPC",
