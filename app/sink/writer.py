@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -125,16 +125,6 @@ DeadLetter = Callable[[InputRecord, str, str], Awaitable[None]]
 GapReader = Callable[[str, int, int, int], Awaitable[list[tuple[int, bytes]]]]
 
 
-@dataclass
-class BatchResult:
-    lines: int = 0
-    rows: int = 0
-    dead_letters: int = 0
-    redelivered: int = 0
-    gap_records: int = 0
-    files: dict[str, int] = field(default_factory=dict)  # file -> committed length, for the files written
-
-
 class SinkWriter:
     def __init__(
         self,
@@ -158,11 +148,10 @@ class SinkWriter:
 
     # ------------------------------------------------------------------------------------------ a batch
 
-    async def write_batch(self, records: Sequence[InputRecord]) -> BatchResult:
+    async def write_batch(self, records: Sequence[InputRecord]) -> None:
         started = time.monotonic()
-        result = BatchResult()
         store = await self._until_ok("postgres", self.pg.ready)
-        records = await self._with_gaps(records, store, result)
+        records = await self._with_gaps(records, store)
         jsonl_todo: list[tuple[InputRecord, Rendered]] = []
         pg_todo: list[tuple[InputRecord, Rendered]] = []
         offsets: dict[TopicPart, int] = {}
@@ -179,7 +168,7 @@ class SinkWriter:
             if in_jsonl and in_pg:
                 redelivered[rec.kind.name] = redelivered.get(rec.kind.name, 0) + 1
                 continue
-            rendered = await self._render(rec, result)
+            rendered = await self._render(rec)
             if rendered is None:
                 continue
             if not in_jsonl:
@@ -190,37 +179,32 @@ class SinkWriter:
             self.metrics.records_in.labels(kind).inc(n)
         for kind, n in redelivered.items():
             self.metrics.redelivered.labels(kind).inc(n)
-            result.redelivered += n
-        await asyncio.gather(self._write_jsonl(jsonl_todo, offsets, result), self._write_pg(pg_todo, offsets, result))
+        await asyncio.gather(self._write_jsonl(jsonl_todo, offsets), self._write_pg(pg_todo, offsets))
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        return result
 
-    async def _render(self, rec: InputRecord, result: BatchResult) -> Rendered | None:
+    async def _render(self, rec: InputRecord) -> Rendered | None:
         try:
             name, value = self.codec.decode(rec.value)
         except CodecError as exc:
-            await self._dead_letter(rec, "undecodable", str(exc), result)
+            await self._dead_letter(rec, "undecodable", str(exc))
             return None
         if name != rec.kind.record:
-            await self._dead_letter(rec, "wrong_record", f"a {name} record on {rec.topic}", result)
+            await self._dead_letter(rec, "wrong_record", f"a {name} record on {rec.topic}")
             return None
         try:
             return render(rec.kind, value, self.slot_of)
         except InvalidRecord as exc:
-            await self._dead_letter(rec, "invalid", str(exc), result)
+            await self._dead_letter(rec, "invalid", str(exc))
             return None
 
-    async def _dead_letter(self, rec: InputRecord, reason: str, detail: str, result: BatchResult) -> None:
-        result.dead_letters += 1
+    async def _dead_letter(self, rec: InputRecord, reason: str, detail: str) -> None:
         self.metrics.dead_letters.labels(reason).inc()
         log.warning("sink: dead-lettered %s[%d]@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, detail[:200])
         await self.dead_letter(rec, reason, detail)
 
     # ------------------------------------------------------------------------------------------ gaps
 
-    async def _with_gaps(
-        self, records: Sequence[InputRecord], store: PgStore, result: BatchResult
-    ) -> list[InputRecord]:
+    async def _with_gaps(self, records: Sequence[InputRecord], store: PgStore) -> list[InputRecord]:
         """``records`` preceded by any records between the stores' offsets and the batch's first offsets."""
         if self.read_gap is None:
             return list(records)
@@ -249,15 +233,12 @@ class SinkWriter:
             if found:
                 log.warning("sink: %s[%d] read %d records the group had passed", topic, partition, len(found))
             filled.extend(InputRecord(rec.kind, topic, partition, offset, value) for offset, value in found)
-        result.gap_records += len(filled)
         self.metrics.gap_records.inc(len(filled))
         return filled + list(records)
 
     # ------------------------------------------------------------------------------------------ stores
 
-    async def _write_jsonl(
-        self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int], result: BatchResult
-    ) -> None:
+    async def _write_jsonl(self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int]) -> None:
         dedupe = Dedupe(self.archive.marks)
         files: dict[str, list[bytes]] = {}
         counts: dict[str, int] = {}
@@ -278,9 +259,7 @@ class SinkWriter:
         await self._until_ok("jsonl", lambda: asyncio.to_thread(self.archive.write, files, offsets, marks))
         for kind, n in counts.items():
             self.metrics.lines.labels(kind).inc(n)
-            result.lines += n
         for path in files:
-            result.files[path] = self.archive.lengths[path]
             self._show_file_bytes(path)
 
     def _show_file_bytes(self, path: str) -> None:
@@ -292,9 +271,7 @@ class SinkWriter:
         self._newest_file[family] = path
         self.metrics.file_bytes.labels(path).set(self.archive.lengths[path])
 
-    async def _write_pg(
-        self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int], result: BatchResult
-    ) -> None:
+    async def _write_pg(self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int]) -> None:
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for rec, rendered in todo:
             rows.setdefault(rec.kind.table, []).append(rendered.row)
@@ -314,14 +291,13 @@ class SinkWriter:
             inserted = await self._until_ok("postgres", attempt)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             log.error("sink: PostgreSQL refused a batch (%s); writing its rows one by one to find the bad ones", exc)
-            inserted = await self._write_pg_one_by_one(todo, offsets, result)
+            inserted = await self._write_pg_one_by_one(todo, offsets)
         for table, n in inserted.items():
             self.metrics.rows.labels(table).inc(n)
             self.metrics.duplicates.labels("postgres", table).inc(given.get(table, 0) - n)
-            result.rows += n
 
     async def _write_pg_one_by_one(
-        self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int], result: BatchResult
+        self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int]
     ) -> dict[str, int]:
         inserted: dict[str, int] = {}
         for rec, rendered in todo:
@@ -329,7 +305,7 @@ class SinkWriter:
                 store = await self._until_ok("postgres", self.pg.ready)
                 done = await store.write({rec.kind.table: [rendered.row]}, {})
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                await self._dead_letter(rec, "rejected_by_postgres", f"{type(exc).__name__}: {exc}", result)
+                await self._dead_letter(rec, "rejected_by_postgres", f"{type(exc).__name__}: {exc}")
                 continue
             for table, n in done.items():
                 inserted[table] = inserted.get(table, 0) + n
