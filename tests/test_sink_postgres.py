@@ -6,14 +6,19 @@ import asyncio
 import datetime as dt
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from procs import OBSERVER, free_port
+from prometheus_client import CollectorRegistry
 from psycopg import sql
+from test_codec import EXAMPLES
 
 from app.config import Settings
+from app.records import default_codec
+from app.sink.archive import JsonlArchive
 from app.sink.postgres import (
     PgStore,
     decision_row,
@@ -25,6 +30,8 @@ from app.sink.postgres import (
     surge_row,
     tick_row,
 )
+from app.sink.render import KINDS
+from app.sink.writer import InputRecord, PgConnection, SinkMetrics, SinkWriter
 
 TOPIC = "kis.ticks.raw"
 
@@ -217,3 +224,37 @@ def test_observer_db_migrate_reports_what_it_applied_and_a_down_server_clearly(s
         timeout=60,
     )
     assert down.returncode == 1 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_written(
+    stack: Settings, pg_schema: str, tmp_path: Path
+) -> None:
+    """A NUL character passes rendering but not jsonb: the batch is written row by row, that snapshot goes
+    to the DLQ with PostgreSQL's reason, the others are stored, and the batch's offsets are committed."""
+    codec = default_codec()
+    good = dict(EXAMPLES["Snapshot"])
+    bad = good | {"symbol": "000660", "raw": {"name": "a\x00b"}}
+    kind = KINDS["kis.snapshots"]
+    records = [InputRecord(kind, "snaps", 0, i, codec.encode("Snapshot", s)) for i, s in enumerate((good, bad))]
+    dead: list[tuple[int, str, str]] = []
+
+    async def dead_letter(rec: InputRecord, reason: str, detail: str) -> None:
+        dead.append((rec.offset, reason, detail))
+
+    async def scenario() -> None:
+        archive = JsonlArchive(tmp_path / "data")
+        archive.open()
+        pg = PgConnection(stack.postgres_dsn, pg_schema, "sink")
+        writer = SinkWriter(archive, pg, codec, SinkMetrics(CollectorRegistry()), dead_letter, lambda *_: (None, None))
+        await writer.write_batch(records)
+        fresh = PgConnection(stack.postgres_dsn, pg_schema, "sink")
+        store = await fresh.ready()
+        cur = await store.conn.execute(sql.SQL("SELECT symbol FROM {}.snapshots").format(sql.Identifier(pg_schema)))
+        assert await cur.fetchall() == [(good["symbol"],)]
+        assert store.offsets == {("snaps", 0): 2}
+        await fresh.close()
+        await pg.close()
+
+    asyncio.run(scenario())
+    assert [(offset, reason) for offset, reason, _ in dead] == [(1, "rejected_by_postgres")]
+    assert "UntranslatableCharacter" in dead[0][2]

@@ -20,7 +20,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,20 @@ class PgConnection:
             self.conn, self.store = conn, store
         assert self.store is not None
         return self.store
+
+    async def write(
+        self, rows: Mapping[str, Sequence[tuple[Any, ...]]], offsets: Mapping[TopicPart, int]
+    ) -> dict[str, int]:
+        """``PgStore.write`` on a ready connection; a failed connection is dropped so the next call makes a new
+        one. A refusal of the data itself (DataError, IntegrityError) leaves the connection as it is."""
+        store = await self.ready()
+        try:
+            return await store.write(rows, offsets)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            raise
+        except psycopg.Error:
+            await self.reset()
+            raise
 
     async def reset(self) -> None:
         if self.conn is not None:
@@ -276,19 +290,8 @@ class SinkWriter:
         for rec, rendered in todo:
             rows.setdefault(rec.kind.table, []).append(rendered.row)
         given = {table: len(table_rows) for table, table_rows in rows.items()}
-
-        async def attempt() -> dict[str, int]:
-            store = await self.pg.ready()
-            try:
-                return await store.write(rows, offsets)
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-                raise
-            except psycopg.Error:
-                await self.pg.reset()
-                raise
-
         try:
-            inserted = await self._until_ok("postgres", attempt)
+            inserted = await self._until_ok("postgres", functools.partial(self.pg.write, rows, offsets))
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             log.error("sink: PostgreSQL refused a batch (%s); writing its rows one by one to find the bad ones", exc)
             inserted = await self._write_pg_one_by_one(todo, offsets)
@@ -302,15 +305,14 @@ class SinkWriter:
         inserted: dict[str, int] = {}
         for rec, rendered in todo:
             try:
-                store = await self._until_ok("postgres", self.pg.ready)
-                done = await store.write({rec.kind.table: [rendered.row]}, {})
+                one = functools.partial(self.pg.write, {rec.kind.table: [rendered.row]}, {})
+                done = await self._until_ok("postgres", one)
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
                 await self._dead_letter(rec, "rejected_by_postgres", f"{type(exc).__name__}: {exc}")
                 continue
             for table, n in done.items():
                 inserted[table] = inserted.get(table, 0) + n
-        store = await self._until_ok("postgres", self.pg.ready)
-        await self._until_ok("postgres", lambda: store.write({}, offsets))
+        await self._until_ok("postgres", functools.partial(self.pg.write, {}, offsets))
         return inserted
 
     async def _until_ok(self, store: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
