@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     bridge_journal_max_bytes: int = Field(default=2 * 2**30, gt=0)
     bridge_watchdog_s: float = Field(default=60.0, gt=0)
     bridge_watchdog_always: bool = False
+    bridge_counts_interval_s: float = Field(default=5.0, gt=0)  # day counts to observer.counts this often
     kis_rest_requests_per_second: float = Field(default=10.0, gt=0)
 
     # The Faust worker (surge agent, slot manager, web views).

@@ -155,6 +155,7 @@ def test_every_record_sent_reaches_kafka_and_every_bad_frame_the_dlq(bridge_sett
             dlq = await read_topic(s, "kis.dlq", expected=totals["bad_frames_total"])
             events = await read_topic(s, "kis.subscriptions")
             bridge = run.bridge
+        counts = await read_topic(s, "observer.counts")  # the run's final counts go out as the bridge stops
 
         assert totals["records_sent"] > 5_000
         assert len(ticks) == totals["records_sent"], "records sent by KIS == records in kis.ticks.raw"
@@ -179,6 +180,15 @@ def test_every_record_sent_reaches_kafka_and_every_bad_frame_the_dlq(bridge_sett
         assert outcomes[("subscribe", "success")] == 41 and outcomes[("unsubscribe", "unsubscribed")] == 41
         assert bridge.records_parsed == len(ticks) and bridge.dead_lettered == len(dlq)
         assert run.metrics.published.labels(s.topic("kis.ticks.raw"))._value.get() == len(ticks)
+        # The day's counts for observer audit: the last record of the run is final and matches Kafka's contents.
+        day = START.strftime("%Y%m%d")
+        final = [c for c in counts if c["final"]]
+        assert [(c["stage"], c["instance"], c["business_date"]) for c in final] == [("bridge", "main", day)]
+        assert final[0]["counts"]["records_parsed"] == len(ticks)
+        assert final[0]["counts"]["frames_received"] == bridge.frames_received
+        assert {k.removeprefix("dead_letters."): v for k, v in final[0]["counts"].items() if "dead" in k} == Counter(
+            d["reason"] for d in dlq
+        )
 
     asyncio.run(scenario())
 

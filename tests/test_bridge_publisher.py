@@ -83,6 +83,38 @@ def test_a_partly_failed_journal_batch_is_retried_without_duplicates(isolated: S
     asyncio.run(scenario())
 
 
+def test_stop_right_after_submit_publishes_every_record(isolated: Settings, tmp_path: Path) -> None:
+    """Records the producer is being handed are neither queued nor in flight: flush and stop must wait for them.
+
+    (They once returned at once in that window, and stop then cancelled the hand-over: the records were lost.)
+    """
+    topic = isolated.topic("kis.ticks.raw")
+
+    async def scenario() -> None:
+        await apply_topics(isolated)
+        journal = Journal(tmp_path / "journal", max_bytes=2**24)
+        publisher = Publisher(PublisherConfig(isolated.bootstrap_servers), journal, BridgeMetrics())
+        await publisher.start()
+        sent = 0
+        for round_ in range(20):
+            records = [
+                JournalRecord(topic, b"005930", f"{round_}-{i}".encode(), 1_700_000_000_000, i) for i in range(5)
+            ]
+            publisher.submit(records)
+            sent += len(records)
+            await asyncio.sleep(0)  # the pump starts the hand-over before flush looks
+            assert await publisher.flush(30), "flushed within the deadline"
+            assert publisher.published_total == sent, f"round {round_}: flush returned before the acks"
+        publisher.submit([JournalRecord(topic, b"005930", b"last", 1_700_000_000_000, 0)])
+        await asyncio.sleep(0)
+        await publisher.stop()
+        journal.close()
+        assert publisher.published_total + len(Journal(tmp_path / "journal", max_bytes=2**24)) == sent + 1
+        assert len(await read_all(isolated, topic, sent + 1)) >= publisher.published_total
+
+    asyncio.run(scenario())
+
+
 def test_a_full_journal_pauses_ingest_loudly_and_keeps_every_record(tmp_path: Path, stack: Settings) -> None:
     """No broker at all and a tiny journal: submit more than fits; nothing is dropped, ingest is paused."""
 

@@ -300,6 +300,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "avg_volume_10m": 30333.3,
         "surge_ratio": 3.0,
     },
+    "StageCounts": {
+        "stage": "bridge",
+        "instance": "main",
+        "run_id": "3f9a0c1d2e4b",
+        "business_date": "20250115",
+        "counts": {"frames_received": 48214, "records_parsed": 61002, "dead_letters.wrong_field_count": 2},
+        "started_at_us": kst_us("20250115", "084500"),
+        "emitted_at_us": kst_us("20250115", "093015", 5),
+        "final": False,
+    },
     "DeadLetter": {
         "stage": "bridge",
         "reason": "wrong_field_count",
@@ -324,6 +334,9 @@ EXPECTED_FIELDS = {
     "Snapshot": [
         "symbol", "business_date", "snapshot_time_us", "source", "price", "cumulative_volume", "change_rate",
         "rank", "raw",
+    ],
+    "StageCounts": [
+        "stage", "instance", "run_id", "business_date", "counts", "started_at_us", "emitted_at_us", "final",
     ],
     "SubscriptionEvent": [
         "app_key_id", "session_id", "symbol", "tr_id", "action", "outcome", "rt_cd", "msg_cd", "msg1",

@@ -31,6 +31,12 @@ class BridgeRun:
     metrics: BridgeMetrics
 
 
+async def publish_counts_every(bridge: Bridge, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        bridge.publish_counts()
+
+
 async def run_bridge(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -60,6 +66,7 @@ async def run_bridge(
         ticks_topic=settings.topic("kis.ticks.raw"),
         dlq_topic=settings.topic("kis.dlq"),
         subscriptions_topic=settings.topic("kis.subscriptions"),
+        counts_topic=settings.topic("observer.counts"),
         watchdog_s=settings.bridge_watchdog_s if watchdog_s is None else watchdog_s,
         watchdog_always=settings.bridge_watchdog_always if watchdog_always is None else watchdog_always,
     )
@@ -97,6 +104,7 @@ async def run_bridge(
     run = BridgeRun(bridge, publisher, metrics)
     await publisher.start()
     follower_task = asyncio.create_task(follower.run(), name="assignment-follower")
+    counts_task = asyncio.create_task(publish_counts_every(bridge, settings.bridge_counts_interval_s), name="counts")
     try:
         async with rest:
             if on_ready is not None:
@@ -104,7 +112,15 @@ async def run_bridge(
             await bridge.run(stop)
     finally:
         follower_task.cancel()
-        await asyncio.gather(follower_task, return_exceptions=True)
+        counts_task.cancel()
+        for name, outcome in zip(
+            ("assignment follower", "counts"),
+            await asyncio.gather(follower_task, counts_task, return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(outcome, Exception):
+                log.error("bridge: the %s task failed: %s: %s", name, type(outcome).__name__, outcome)
+        bridge.publish_counts(final=True)
         await publisher.stop(timeout_s=30)
         journal.close()
         if http_server is not None:

@@ -61,6 +61,7 @@ class Publisher:
         self._producer: Any = None
         self._queue: deque[JournalRecord] = deque()
         self._spill_buffer: list[JournalRecord] = []
+        self._handing: list[JournalRecord] = []  # the chunk being handed to the producer right now
         # Batches the producer holds, by id (insertion = send order): their records and when they went.
         self._in_flight: dict[int, list[JournalRecord]] = {}
         self._in_flight_records = 0
@@ -120,13 +121,29 @@ class Publisher:
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Publish what can be published within the timeout; whatever is left stays in the journal."""
         self._closing = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), timeout_s)
+        if not await self.flush(timeout_s):
+            log.warning(
+                "publisher stop: not everything acked within %.0f s (%d queued, %d in flight, %d being handed "
+                "over, %d in the journal); the rest is kept in the journal",
+                timeout_s,
+                len(self._queue) + len(self._spill_buffer),
+                self._in_flight_records,
+                len(self._handing),
+                len(self.journal),
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Anything not acked by now is kept on disk for the next start.
-        leftovers = [r for batch in self._in_flight.values() for r in batch] + list(self._queue) + self._spill_buffer
+        # A chunk cancelled in the middle of its hand-over may be partly in the producer: kept all the same
+        # (a duplicate in Kafka is absorbed downstream by the natural keys; a loss would not be).
+        leftovers = (
+            [r for batch in self._in_flight.values() for r in batch]
+            + self._handing
+            + list(self._queue)
+            + self._spill_buffer
+        )
+        self._handing = []
         self._in_flight.clear()
         self._in_flight_records = 0
         self._queue.clear()
@@ -165,18 +182,26 @@ class Publisher:
         """Pause the caller while the journal is full (nothing is dropped; the loss, if any, is upstream)."""
         await self._capacity.wait()
 
-    async def flush(self) -> None:
-        """Wait until every submitted record is acked (the journal included)."""
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every submitted record is acked (the journal included); False if the timeout came first.
+
+        The deadline is checked here rather than by cancelling from outside: on Python 3.11 a cancellation
+        that lands as the inner wait times out can be swallowed, and the flush would never end.
+        """
+        end = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._is_idle():
-                return
+                return True
+            left = 0.5 if end is None else min(0.5, end - time.monotonic())
+            if left <= 0:
+                return False
             self._idle.clear()
             self._wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 0.5)
+                await asyncio.wait_for(self._idle.wait(), left)
 
     def _is_idle(self) -> bool:
-        return not (self._queue or self._spill_buffer or self._in_flight or len(self.journal))
+        return not (self._queue or self._spill_buffer or self._handing or self._in_flight or len(self.journal))
 
     @property
     def in_flight(self) -> int:
@@ -201,9 +226,11 @@ class Publisher:
                 self._enter_spill("broker not acknowledging")
                 return
             chunk = [self._queue.popleft() for _ in range(min(len(self._queue), self.config.drain_batch))]
+            self._handing = chunk  # neither queued nor in flight while the producer takes it
             handed, error = await self._hand_over(chunk)
             for indices, future in handed:
                 self._track([chunk[i] for i in indices], future)
+            self._handing = []
             if error is not None:
                 sent = {i for indices, _ in handed for i in indices}
                 # What the producer did not take goes back in front, in order, and on to the journal.

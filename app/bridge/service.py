@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.bridge.assignments import AssignmentFollower
+from app.bridge.day_counts import DayCounts
 from app.bridge.journal import JournalRecord
 from app.bridge.metrics import BridgeMetrics
 from app.bridge.publisher import Publisher
@@ -59,6 +60,7 @@ class BridgeConfig:
     ticks_topic: str
     dlq_topic: str
     subscriptions_topic: str
+    counts_topic: str
     reconnect_backoff_s: tuple[float, float] = (0.2, 30.0)
     subscribe_interval_s: float = 0.02  # KIS samples pace requests; 41 symbols re-register in under a second
     watchdog_s: float = 60.0  # no data frame this long while subscribed, in trading hours: reconnect
@@ -106,6 +108,7 @@ class Bridge:
         self.frames_received = 0
         self.records_parsed = 0
         self.dead_lettered = 0
+        self.day_counts = DayCounts("bridge", config.app_key_id)
         self.reconnects = 0
         self.last_error = ""
         self.restore_times_s: list[float] = []  # per session: open -> every assigned symbol registered
@@ -248,6 +251,8 @@ class Bridge:
         except CodecError as exc:  # e.g. a number beyond int64: the frame goes to the DLQ whole
             self._dead_letter(state, text, "encode_failed", str(exc), received_at_us, state.frame_seq)
             return
+        if ticks:
+            self.day_counts.frame_parsed(ticks[0]["business_date"], len(records))
         self.records_parsed += len(records)
         self.metrics.records_parsed.inc(len(records))
         self.publisher.submit(records)
@@ -257,6 +262,7 @@ class Bridge:
     ) -> None:
         self.dead_lettered += 1
         self.metrics.dead_letters.labels(reason).inc()
+        self.day_counts.dead_lettered(reason, data_frame=frame_seq is not None)
         log.warning(
             "dead-lettered a message of session %s (frame %s): %s: %s",
             state.session_id,
@@ -377,6 +383,18 @@ class Bridge:
                     f"no data frame for {silent:.0f} s with {len(state.registered)} "
                     f"symbols subscribed: the feed is stale, reconnecting",
                 )
+
+    def publish_counts(self, final: bool = False) -> None:
+        """The day counts changed since the last call, to ``observer.counts`` through the journal."""
+        now_us = time.time_ns() // 1000
+        self.publisher.submit(
+            [
+                JournalRecord(
+                    self.config.counts_topic, key, self.codec.encode("StageCounts", value), now_us // 1000, now_us
+                )
+                for key, value in self.day_counts.take(final)
+            ]
+        )
 
     def summary(self) -> str:
         p = self.publisher
