@@ -572,3 +572,20 @@ def test_volume_rank_increase_rate_finds_a_surge() -> None:
     assert code in [r["mksc_shrn_iscd"] for r in market.volume_rank(5, "1")]
     with pytest.raises(ValueError, match="FID_BLNG_CLS_CODE"):
         market.volume_rank(5, "9")
+
+
+def test_a_paused_clock_holds_and_resumes_without_a_jump() -> None:
+    import datetime as dt
+
+    from app.sim.clock import KST, SimClock
+
+    now = [100.0]
+    clock = SimClock(dt.datetime(2026, 1, 5, 9, 0, tzinfo=KST), speed=10, monotonic=lambda: now[0])
+    now[0] += 1
+    clock.pause()
+    held = clock.now_us()
+    now[0] += 50
+    assert clock.now_us() == held, "paused: simulated time stands still"
+    clock.resume()
+    now[0] += 2
+    assert clock.now_us() == held + 20_000_000, "resumed from where it stopped, at the same speed"

@@ -355,10 +355,12 @@ class Bridge:
             desired = set(self.follower.assigned)
             self.metrics.assigned.set(len(desired))
             state.refused &= desired  # a re-assigned symbol may be tried again
-            for symbol in sorted(desired - state.registered - set(state.pending) - state.refused):
-                await self._request(state, symbol, subscribe=True)
+            # Releases first: KIS answers a session's requests in order, so a replacement's subscribe then
+            # finds its predecessor's registration gone instead of a 42nd (MAX SUBSCRIBE OVER).
             for symbol in sorted(state.registered - desired - set(state.pending)):
                 await self._request(state, symbol, subscribe=False)
+            for symbol in sorted(desired - state.registered - set(state.pending) - state.refused):
+                await self._request(state, symbol, subscribe=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.follower.changed.wait(), 1.0)
 

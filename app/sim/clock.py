@@ -22,9 +22,23 @@ class SimClock:
         self.speed = speed
         self._monotonic = monotonic
         self._t0 = monotonic()
+        self._paused_at_us: int | None = None
 
     def now_us(self) -> int:
+        if self._paused_at_us is not None:
+            return self._paused_at_us
         return self.start_us + int((self._monotonic() - self._t0) * self.speed * 1_000_000)
+
+    def pause(self) -> None:
+        """Stop simulated time where it is (a supervisor bringing its consumers up first, say)."""
+        if self._paused_at_us is None:
+            self._paused_at_us = self.now_us()
+
+    def resume(self) -> None:
+        """Let simulated time run on from where it stopped, without a jump."""
+        if self._paused_at_us is not None:
+            self.start_us, self._paused_at_us = self._paused_at_us, None
+            self._t0 = self._monotonic()
 
     def now_kst(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.now_us() / 1_000_000, KST)

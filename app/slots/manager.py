@@ -54,6 +54,8 @@ class SlotManager:
     # crash between commits repeats them), and a symbol surges at most once a minute.
     offered_minutes: dict[str, int] = field(default_factory=dict)
 
+    _ready: list[Outcome] = field(init=False, default_factory=list)  # refusals' outcomes for the next step
+
     def __post_init__(self) -> None:
         self.book = SlotBook(self.policy)
         self.merger = EventTimeMerger(self.sources)
@@ -82,9 +84,22 @@ class SlotManager:
     def advance(self, source: str, event_time_us: int) -> None:
         self.merger.advance(source, event_time_us)
 
+    def refuse_now(self, refusal: Refusal) -> None:
+        """KIS refused a subscription we decided: free the slot at the merged time reached so far.
+
+        KIS replies are stamped by the bridge's clock, not the market's, so they cannot take part in the
+        event-time merge: a wall clock ahead of a simulated or replayed market would carry the watermark
+        past every pending input at once. A refusal answers a decision already made, so it is applied at
+        the manager's current time; its outcomes come with the next :meth:`step`.
+        """
+        if self.clock_us >= 0:
+            r = refusal
+            self._ready.extend(self.book.refused(r.app_key_id, r.symbol, r.outcome, r.msg_cd, self.clock_us))
+
     def step(self, idle: Iterable[str] = ()) -> list[Outcome]:
         """Decide on everything the watermark releases, with the session transitions in between."""
-        out: list[Outcome] = []
+        out: list[Outcome] = self._ready
+        self._ready = []
         for pending in self.merger.release(idle):
             out.extend(self._run_clock_until(pending.time_us, inclusive=True))
             out.extend(self._apply(pending.item, pending.time_us))

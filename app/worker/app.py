@@ -61,8 +61,8 @@ class WorkerMetrics:
         self.pending = Gauge("observer_worker_slot_pending", "Inputs waiting for the watermark", registry=r)
 
 
+US = 1_000_000
 STATE_KEY = b"state"
-SUBSCRIPTIONS_SOURCE = "subscriptions/0"
 REFUSALS = {"max_subscribe_over", "error", "not_found"}
 
 
@@ -257,7 +257,9 @@ def create_app(settings: Settings) -> faust.App:
                     metrics.surges_out.labels(surge.source).inc()
                     surge_record = surge.to_record()
                     view_state.recent_surges.append(surge_record)
-                    await surges_topic.send(key=key, value=surge_record)
+                    # Every output carries its event time as the Kafka timestamp, as the ticks do: the topics'
+                    # retention and offsets-for-times (audit, replay) then go by market time.
+                    await surges_topic.send(key=key, value=surge_record, timestamp=surge.event_time_us / US)
                     await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
             view_state.last_input_monotonic = time.monotonic()
             for key, (state, partition) in touched.items():
@@ -270,7 +272,7 @@ def create_app(settings: Settings) -> faust.App:
 
     slot_table = app.Table("slot-manager", partitions=1, key_type=bytes, value_type=bytes)
     slot_writes = DeferredChangelog(app, slot_table)
-    sources = frozenset({f"{kind}/{p}" for kind in ("ticks", "snapshots") for p in range(12)} | {SUBSCRIPTIONS_SOURCE})
+    sources = frozenset({f"{kind}/{p}" for kind in ("ticks", "snapshots") for p in range(12)})
     policy = SlotPolicy(
         app_key_ids=tuple(settings.slot_app_key_ids),
         capacity=settings.slot_capacity,
@@ -306,13 +308,11 @@ def create_app(settings: Settings) -> faust.App:
             await dead_letter("slot_manager", event, "undecodable", str(exc))
             return False
         if name == "SubscriptionEvent":
+            # Not an event-time source: its times are the bridge's wall clock (see SlotManager.refuse_now).
             metrics.slot_inputs.labels("subscription").inc()
-            heard[SUBSCRIPTIONS_SOURCE] = time.monotonic()
             refusal = refusal_of(value)
             if refusal is not None:
-                m.add(SUBSCRIPTIONS_SOURCE, value["event_time_us"], refusal)
-            else:
-                m.advance(SUBSCRIPTIONS_SOURCE, value["event_time_us"])
+                m.refuse_now(refusal)
             return True
         if name != "SlotCandidate":
             await dead_letter("slot_manager", event, "wrong_record", f"a {name} record on the slot manager's inputs")
@@ -355,7 +355,8 @@ def create_app(settings: Settings) -> faust.App:
                     else:
                         metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
                         key, value, topic = outcome.symbol.encode(), outcome.to_record(), overflow_topic
-                    sent.append(await topic.send(key=key, value=value))
+                    stamp = outcome.decided_at_us / US
+                    sent.append(await topic.send(key=key, value=value, timestamp=stamp))
             # The outcomes are in Kafka before the state that says they were made: a crash in between
             # repeats them (same decision ids) rather than losing them.
             await asyncio.gather(*sent)
@@ -444,7 +445,7 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
             opened.append(True)
 
         async def publish(record: dict[str, Any]) -> None:
-            await out.send(key=record["symbol"].encode(), value=record)
+            await out.send(key=record["symbol"].encode(), value=record, timestamp=record["snapshot_time_us"] / US)
             metrics.snapshots_out.inc()
 
         result = await scanner.poll(publish)
