@@ -539,7 +539,7 @@ def demo(
     stops the bridge, lets the worker and sink drain, stops them, and prints frames received, ticks
     published, JSONL lines, PostgreSQL rows, dead letters, surges, slot changes, overflow and the
     receive-to-persist ratio (the audit of the day). Stops everything it started. Each run has its own
-    topic prefix, schema and data root under OBSERVER_HOME/demo/; the latest run is kept for a look.
+    topic prefix, schema and data root under OBSERVER_DEMO_ROOT (.local/demo); the latest run is kept.
     Exit status 1 if anything is unaccounted for.
     """
     import orjson

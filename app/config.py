@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     sink_batch_wait_s: float = Field(default=0.2, gt=0)
     sink_retry_max_s: float = Field(default=30.0, gt=0)  # longest pause between retries of a failing store
 
+    # `observer demo` keeps its runs here (each with its own topic prefix, schema and data root).
+    demo_root: Path = Field(default_factory=lambda: _default_home() / "demo")
+
     # Output topics (surges, decisions, overflow) get this prefix instead of topic_prefix when set: a replay
     # or a second app id writes beside the live outputs while reading the same inputs.
     output_prefix: str | None = None

@@ -45,7 +45,6 @@ from app.sink.archive import COMMIT_FILE
 from app.sink.render import KINDS
 from app.topics import apply_topics, delete_topics
 
-DEMO_DIR = "demo"
 SCHEMA_PREFIX = "demo_"
 
 
@@ -256,8 +255,7 @@ async def wait_drained(
         await asyncio.sleep(0.5)
 
 
-def _previous_runs(home: Path) -> list[Path]:
-    root = home / DEMO_DIR
+def _previous_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
@@ -307,8 +305,8 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
     # refused: the simulated day is the latest regular session before today.
     day = latest_session(today_kst() - dt.timedelta(days=1), regular=True)
     stamp = dt.datetime.now(KST).strftime("%Y%m%d%H%M%S")
-    home = base.home / DEMO_DIR / stamp
-    for old in _previous_runs(base.home):
+    home = base.demo_root / stamp
+    for old in _previous_runs(base.demo_root):
         echo(f"removing the previous demo run {old.name} (topics, schema, files)")
         await remove_run(base, old)
     (home / "logs").mkdir(parents=True)
