@@ -17,11 +17,11 @@ setup: $(VENV)/.installed
 	$(BIN)/observer stack install
 	bash scripts/fetch_compose_schema.sh
 
-# For now the main job is: bring the stack up and prove it end to end (issue 8 turns this into the demo).
+# The main job on the simulator: stack, simulator, bridge, worker and sink for a simulated KRX morning in
+# about a minute, then the audit of the day. DEMO_ARGS=--json for the summary as JSON.
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/observer stack up
-	$(BIN)/observer smoke
-	$(BIN)/observer stack status
+	$(BIN)/observer demo $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests $(wildcard bench)
