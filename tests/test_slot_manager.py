@@ -119,3 +119,22 @@ def test_sessions_inside_a_gap_in_the_input_are_not_decided_on() -> None:
     assert days == [friday, thursday]
     boot = len(SlotPolicy().bootstrap)
     assert [a for a, _, _ in decisions(out)] == [ASSIGN] * boot + [RELEASE] * boot + [ASSIGN] * boot
+
+
+def test_a_refusal_applies_at_the_merged_time_and_moves_no_watermark() -> None:
+    """KIS replies carry the bridge's wall clock, which may be days ahead of a simulated or replayed market."""
+    day = dt.date(2026, 11, 20)
+    manager = SlotManager(SlotPolicy(capacity=41), SOURCES)
+    for s in SOURCES:
+        manager.advance(s, at(day, 9, 59))
+    manager.add("ticks/0", at(day, 10, 0), Candidate("005380", 0.8, "surge", at(day, 10, 0)))
+    for s in SOURCES:
+        manager.advance(s, at(day, 10, 1))
+    assert (ASSIGN, "005380", at(day, 10, 0)) in decisions(manager.step())
+    clock = manager.clock_us
+    manager.refuse_now(Refusal("main", "005380", "max_subscribe_over", "OPSP0008"))
+    out = manager.step()
+    assert decisions(out) == [(RELEASE, "005380", clock)], "freed at the manager's time, not the reply's"
+    assert [o.reason for o in out if isinstance(o, Overflow)] == ["refused_by_kis:OPSP0008"]
+    assert manager.merger.released_until_us == at(day, 10, 1), "the watermark did not move"
+    assert manager.step() == [], "reported once"
