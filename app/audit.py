@@ -76,6 +76,7 @@ class BridgeCounts:
     frames_received: int = 0
     records_parsed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    unreadable_records: int = 0  # records of observer.counts no schema reads
 
 
 @dataclass
@@ -86,6 +87,7 @@ class DayAudit:
     kinds: dict[str, KindCounts] = field(default_factory=dict)
     undecodable_in_kafka: int = 0  # records in the window that cannot be read or written (no date to place them)
     unreadable_dead_lettered: int = 0  # of those, the ones the sink dead-lettered
+    unreadable_dlq: int = 0  # records of kis.dlq no schema reads
 
     @property
     def ticks(self) -> KindCounts:
@@ -137,6 +139,9 @@ class DayAudit:
                 f"{t.kafka_distinct - b.records_parsed} trades in Kafka that no bridge count covers "
                 "(republished, or counted by a killed run)"
             )
+        for n, where in ((b.unreadable_records, "observer.counts"), (self.unreadable_dlq, "kis.dlq")):
+            if n:
+                out.append(f"{n} records of {where} cannot be read: the counts above may be short")
         if t.kafka_records > t.kafka_distinct:
             out.append(f"{t.kafka_records - t.kafka_distinct} trades are in Kafka twice (the stores hold them once)")
         if self.undecodable_in_kafka:
@@ -214,6 +219,7 @@ def _window_ms(date: dt.date) -> tuple[int, int]:
 
 async def _bridge_counts(settings: Settings, reader: Any, day: str) -> BridgeCounts:
     codec = default_codec()
+    unreadable = 0
     latest: dict[bytes, dict[str, Any]] = {}
     topic = settings.topic("observer.counts")
     async for rec in read_ranges(reader, topic, await time_window(reader, topic, None, None)):
@@ -222,8 +228,8 @@ async def _bridge_counts(settings: Settings, reader: Any, day: str) -> BridgeCou
         try:
             latest[rec.key] = codec.decode(rec.value)[1]
         except CodecError:
-            continue  # not ours to judge here; the topic has one writer per key
-    out = BridgeCounts()
+            unreadable += 1  # reported: a count the audit cannot read may hide a day's frames
+    out = BridgeCounts(unreadable_records=unreadable)
     for value in latest.values():
         if value["stage"] != "bridge" or value["business_date"] != day:
             continue
@@ -329,6 +335,7 @@ async def collect_day(
             try:
                 value = codec.decode(rec.value)[1]
             except CodecError:
+                audit.unreadable_dlq += 1
                 continue
             if value["stage"] == "bridge" and value["session_id"] in sessions:
                 audit.bridge_dlq_in_kafka[value["reason"]] += 1
