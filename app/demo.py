@@ -32,12 +32,12 @@ from typing import Any
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from app.audit import DayAudit, collect_day
 from app.config import Settings
+from app.kafka_read import new_reader, time_window
 from app.krx import KST, latest_session, today_kst
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults
@@ -194,18 +194,17 @@ class Processes:
 
 
 async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    reader = new_reader(settings.bootstrap_servers)
+    await reader.start()
     try:
-        tps = []
+        ends: dict[tuple[str, int], int] = {}
         for logical in KINDS:
             topic = settings.topic(logical)
-            await consumer._client.add_topic(topic)  # a consumer without subscriptions knows no topic
-            tps += [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        ends = await consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): n for tp, n in ends.items()}
+            for r in await time_window(reader, topic, None, None):
+                ends[(topic, r.partition)] = r.end
+        return ends
     finally:
-        await consumer.stop()
+        await reader.stop()
 
 
 async def _sink_offsets(

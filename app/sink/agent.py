@@ -13,10 +13,11 @@ import time
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
 from app.config import Settings
+from app.kafka_read import PartitionRange, new_reader, read_ranges
 from app.records import dead_letter_record, default_codec
 from app.sink.archive import JsonlArchive
 from app.sink.render import KINDS
@@ -32,19 +33,13 @@ async def read_range(
     bootstrap_servers: str, topic: str, partition: int, start: int, end: int
 ) -> list[tuple[int, bytes]]:
     """Records ``start <= offset < end`` of one partition (fewer if retention removed some), read without a group."""
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
+    reader = new_reader(bootstrap_servers)
+    await reader.start()
     try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        found: list[tuple[int, bytes]] = []
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            found.extend((m.offset, m.value or b"") for m in batch.get(tp, []) if m.offset < end)
-        return found
+        wanted = [PartitionRange(partition, start, end)]
+        return [(r.offset, r.value) async for r in read_ranges(reader, topic, wanted)]
     finally:
-        await consumer.stop()
+        await reader.stop()
 
 
 def create_sink_app(settings: Settings) -> faust.App:
