@@ -416,7 +416,8 @@ def worker(ctx: click.Context, web_port: int | None) -> None:
 @click.pass_context
 def sink(ctx: click.Context, web_port: int | None, data_root: Path | None) -> None:
     """Every record of kis.ticks.raw, kis.snapshots, observer.surges, slot.decisions and slot.overflow
-    into hourly/daily JSONL files under the data root and day-partitioned PostgreSQL tables.
+    (or those of OBSERVER_SINK_TOPICS) into hourly/daily JSONL files under the data root and
+    day-partitioned PostgreSQL tables.
 
     A batch is in both stores (files fsynced, transaction committed, each with its Kafka offsets) before
     its consumer offsets are committed; a restart cuts uncommitted bytes and skips what either store
@@ -438,6 +439,9 @@ def sink(ctx: click.Context, web_port: int | None, data_root: Path | None) -> No
     except ArchiveError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 # ------------------------------------------------------------------------------------------- audit
@@ -508,6 +512,82 @@ def audit(ctx: click.Context, date_: str, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+# ------------------------------------------------------------------------------------------ replay
+
+
+@cli.command()
+@click.option("--date", "date_", required=True, help="KRX business date, YYYY-MM-DD.")
+@click.option("--from", "from_", default=None, help="Start of the window, HH:MM KST (default: the day's start).")
+@click.option("--to", "to", default=None, help="End of the window, HH:MM KST, exclusive (default: the day's end).")
+@click.option("--into", "into", default=None, help="Name of the replay's outputs (default replay_YYYYMMDD).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the replay to drain.")
+@click.option("--expect-identical", is_flag=True, help="Exit 1 if the outputs differ from the live ones.")
+@click.option(
+    "--event-time",
+    is_flag=True,
+    help="Merge the slot manager's inputs by event time instead of following the live run's merge log "
+    "(for a replay under changed settings).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    date_: str,
+    from_: str | None,
+    to: str | None,
+    into: str | None,
+    timeout: float,
+    expect_identical: bool,
+    event_time: bool,
+    as_json: bool,
+) -> None:
+    """Run a past day's ticks and snapshots through the Faust logic again, apart from the live apps.
+
+    Copies the window of kis.ticks.raw and kis.snapshots (found by offsets for times) into topics of the
+    replay's own prefix, replay-NAME., then runs observer worker (scanner off) and observer sink (surges,
+    slot decisions, overflow) on them under fresh app ids, into the PostgreSQL schema NAME and the JSONL
+    root OBSERVER_REPLAY_ROOT/NAME/data (.local/replay), with a progress bar. Prints the surges, slot decisions and
+    overflow it produced beside the live ones of the same window, and whether they are byte-identical.
+    The slot manager applies its inputs in the order the live one did (slot.merge-log: where idle
+    partitions and KIS refusals put things), unless --event-time. The live consumer groups, tables and
+    outputs are only read. A replay of the same NAME replaces the earlier one; NAME is never the live
+    schema. OBSERVER_* settings (the surge rule, say) apply.
+    """
+    import orjson
+
+    from app.replay import ReplayOptions, run_replay, summary_table
+    from app.runs import RunError
+
+    s = _settings(ctx)
+    date = _parse_date(date_)
+    try:
+        options = ReplayOptions(
+            day=date,
+            name=into or f"replay_{date:%Y%m%d}",
+            start=dt.time.fromisoformat(from_) if from_ else None,
+            end=dt.time.fromisoformat(to) if to else None,
+            timeout_s=timeout,
+            follow_live=not event_time,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if options.start and options.end and options.end <= options.start:
+        raise click.BadParameter(f"--to {to} is not after --from {from_}")
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    try:
+        run = asyncio.run(run_replay(s, options, echo))
+    except RunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(orjson.dumps(run.summary(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in summary_table(run):
+            click.echo(line)
+    if expect_identical and not run.identical:
+        sys.exit(EXIT_FAILED)
+
+
 # -------------------------------------------------------------------------------------------- demo
 
 
@@ -544,7 +624,8 @@ def demo(
     """
     import orjson
 
-    from app.demo import DemoError, DemoOptions, run_demo, summary_table
+    from app.demo import DemoOptions, run_demo, summary_table
+    from app.runs import RunError
 
     s = _settings(ctx)
     try:
@@ -562,7 +643,7 @@ def demo(
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
         run = asyncio.run(run_demo(s, options, echo))
-    except DemoError as exc:
+    except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     if as_json:

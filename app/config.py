@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     slot_capacity: int = Field(default=41, ge=1, le=41)  # KIS allows 41 registrations per app key
     slot_bootstrap: tuple[str, ...] = ("005930", "000660", "373220", "051910", "068270", "035720")
     slot_idle_s: float = Field(default=2.0, gt=0)  # a partition silent this long stops holding decisions back
+    # A replay's worker applies the steps of this merge log (a physical topic holding another run's
+    # slot.merge-log) in their order instead of merging by event time and idleness: the same decisions.
+    slot_follow_log: str | None = None
     # Scanner: every interval, KIS volume rankings (FID_BLNG_CLS_CODE: 0 by volume, 1 by volume increase
     # rate) and the current price of each watchlist symbol, as snapshots; 0 turns it off.
     scanner_interval_s: float = Field(default=5.0, ge=0)
@@ -97,9 +100,14 @@ class Settings(BaseSettings):
     sink_batch_max: int = Field(default=5000, ge=1)
     sink_batch_wait_s: float = Field(default=0.2, gt=0)
     sink_retry_max_s: float = Field(default=30.0, gt=0)  # longest pause between retries of a failing store
+    # The sink's inputs as logical topic names (JSON list); empty: every kind it knows. A replay's sink takes
+    # only the worker's outputs (surges, decisions, overflow).
+    sink_topics: tuple[str, ...] = ()
 
     # `observer demo` keeps its runs here (each with its own topic prefix, schema and data root).
     demo_root: Path = Field(default_factory=lambda: _default_home() / "demo")
+    # `observer replay --into NAME` keeps NAME's worker state, logs and JSONL root under here.
+    replay_root: Path = Field(default_factory=lambda: _default_home() / "replay")
 
     # Output topics (surges, decisions, overflow) get this prefix instead of topic_prefix when set: a replay
     # or a second app id writes beside the live outputs while reading the same inputs.

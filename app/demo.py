@@ -19,37 +19,25 @@ import asyncio
 import datetime as dt
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from app.audit import DayAudit, collect_day
 from app.config import Settings
-from app.kafka_read import new_reader, time_window
 from app.krx import KST, latest_session, today_kst
+from app.runs import Processes, RunError, free_port, healthy, metric_sum, scrape, wait_drained, wait_for
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults
-from app.sink.archive import COMMIT_FILE
 from app.sink.render import KINDS
 from app.topics import apply_topics, delete_topics
 
 SCHEMA_PREFIX = "demo_"
-
-
-class DemoError(RuntimeError):
-    """The demo could not run to its summary; the message says which part failed and where its log is."""
 
 
 @dataclass(frozen=True)
@@ -109,151 +97,6 @@ class DemoRun:
         }
 
 
-def free_port(preferred: int | None = None) -> int:
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise DemoError("no free port on 127.0.0.1")
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """A process's Prometheus metrics as ``name{labels}`` -> value (empty if it does not answer yet)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
-def _healthy(port: int) -> bool:
-    """The worker's /api/health says ok: its partitions are assigned (so its scanner and agents run)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:  # connection refused, or HTTP 503 while starting
-        return False
-
-
-def _metric_sum(metrics: dict[str, float], name: str) -> float:
-    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
-
-
-class Processes:
-    """The observer processes of a run: started with their own logs, stopped with SIGTERM (then SIGKILL)."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,  # a Ctrl-C of the demo reaches the demo, which stops them in order
-        )
-
-    def check(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
-                raise DemoError(
-                    f"observer {name} exited with status {proc.returncode}; its log is {self.logs / name}.log:\n  "
-                    + "\n  ".join(tail)
-                )
-
-    def stop(self, name: str, timeout_s: float = 60.0) -> int | None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-
-
-async def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    reader = new_reader(settings.bootstrap_servers)
-    await reader.start()
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        for logical in KINDS:
-            topic = settings.topic(logical)
-            for r in await time_window(reader, topic, None, None):
-                ends[(topic, r.partition)] = r.end
-        return ends
-    finally:
-        await reader.stop()
-
-
-async def _sink_offsets(
-    settings: Settings, app_id: str
-) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-    """The next offset each store of the sink will write, per input partition: (PostgreSQL, JSONL)."""
-    pg: dict[tuple[str, int], int] = {}
-    try:
-        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, connect_timeout=5) as conn:
-            query = sql.SQL("SELECT topic, kafka_partition, next_offset FROM {}.sink_offsets WHERE consumer = %s")
-            rows = await (await conn.execute(query.format(sql.Identifier(settings.pg_schema)), (app_id,))).fetchall()
-            pg = {(t, p): n for t, p, n in rows}
-    except psycopg.errors.UndefinedTable:
-        pass  # the sink has not made its tables yet: nothing written
-    jsonl: dict[tuple[str, int], int] = {}
-    commit = settings.data_root / COMMIT_FILE
-    if commit.is_file():
-        for key, n in orjson.loads(commit.read_bytes()).get("offsets", {}).items():
-            topic, _, partition = key.rpartition(":")
-            jsonl[(topic, int(partition))] = n
-    return pg, jsonl
-
-
-async def wait_drained(
-    settings: Settings, procs: Processes, deadline_s: float, quiet_s: float, echo: Callable[[str], None]
-) -> None:
-    """Until both stores hold everything in the sink's input topics and nothing new came for ``quiet_s``."""
-    app_id = f"{settings.topic_prefix}{settings.sink_app_id}"
-    end = time.monotonic() + deadline_s
-    last_ends: dict[tuple[str, int], int] = {}
-    quiet_since = time.monotonic()
-    shown = 0.0
-    while True:
-        procs.check()
-        ends = await _end_offsets(settings)
-        pg, jsonl = await _sink_offsets(settings, app_id)
-        behind = sum(max(0, n - min(pg.get(tp, 0), jsonl.get(tp, 0))) for tp, n in ends.items())
-        if ends != last_ends:
-            last_ends, quiet_since = ends, time.monotonic()
-        if behind == 0 and time.monotonic() - quiet_since >= quiet_s:
-            return
-        if time.monotonic() > end:
-            raise DemoError(f"the sink did not catch up within {deadline_s:.0f} s ({behind} records behind)")
-        if time.monotonic() - shown > 5:
-            shown = time.monotonic()
-            echo(f"  draining: {behind:,} records not yet in both stores")
-        await asyncio.sleep(0.5)
-
-
 def _previous_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
@@ -275,15 +118,15 @@ async def _progress_line(sim: KisSimulator, ports: dict[str, int], started: floa
     totals = sim.ledger.totals()
     # Scraped in threads: the simulator shares this event loop and must not wait on them.
     bridge, sink, worker = await asyncio.gather(
-        *(asyncio.to_thread(_scrape, ports[name]) for name in ("bridge", "sink", "worker"))
+        *(asyncio.to_thread(scrape, ports[name]) for name in ("bridge", "sink", "worker"))
     )
-    parsed = _metric_sum(bridge, "observer_bridge_records_parsed_total")
+    parsed = metric_sum(bridge, "observer_bridge_records_parsed_total")
     return (
         f"  {time.monotonic() - started:5.0f} s  sim {sim.clock.now_kst():%H:%M:%S} KST: "
         f"KIS sent {totals['records_sent']:,} records; bridge parsed {parsed:,.0f}; "
-        f"sink rows {_metric_sum(sink, 'observer_sink_rows_total'):,.0f}; "
-        f"slots held {_metric_sum(worker, 'observer_worker_slots_used'):.0f}, "
-        f"surges {_metric_sum(worker, 'observer_worker_surges_total'):,.0f}"
+        f"sink rows {metric_sum(sink, 'observer_sink_rows_total'):,.0f}; "
+        f"slots held {metric_sum(worker, 'observer_worker_slots_used'):.0f}, "
+        f"surges {metric_sum(worker, 'observer_worker_surges_total'):,.0f}"
     )
 
 
@@ -373,10 +216,10 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         procs.start("worker", ["worker"])
         procs.start("sink", ["sink"])
         # The worker must be serving before the morning starts: the bootstrap at the open comes from it.
-        await _wait_for(lambda: _healthy(ports["worker"]), 120, "healthy worker (partitions assigned)", procs)
-        await _wait_for(lambda: bool(_scrape(ports["sink"])), 120, "the sink's web server", procs)
+        await wait_for(lambda: healthy(ports["worker"]), 120, "healthy worker (partitions assigned)", procs)
+        await wait_for(lambda: bool(scrape(ports["sink"])), 120, "the sink's web server", procs)
         procs.start("bridge", ["bridge"])
-        await _wait_for(lambda: bool(_scrape(ports["bridge"])), 60, "the bridge's metrics", procs)
+        await wait_for(lambda: bool(scrape(ports["bridge"])), 60, "the bridge's metrics", procs)
         stages["processes"] = time.monotonic() - t0
         sim.clock.resume()
         echo(
@@ -397,11 +240,12 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         echo("morning over: stopping the bridge (it publishes its final counts), then draining the worker and sink")
         status = procs.stop("bridge")
         if status != 0:
-            raise DemoError(f"observer bridge stopped with status {status}; see {home / 'logs' / 'bridge.log'}")
+            raise RunError(f"observer bridge stopped with status {status}; see {home / 'logs' / 'bridge.log'}")
         run.sim_totals = sim.ledger.totals()
         sim_stopped = True
         await sim.stop()
-        await wait_drained(settings, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo)
+        sink_inputs = [settings.topic(logical) for logical in KINDS]
+        await wait_drained(settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo)
         stages["drain"] = time.monotonic() - t2
     finally:
         procs.stop_all()
@@ -416,15 +260,6 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
     run.wall_s = time.monotonic() - started
     run.stages_s = stages
     return run
-
-
-async def _wait_for(check: Callable[[], bool], deadline_s: float, what: str, procs: Processes) -> None:
-    end = time.monotonic() + deadline_s
-    while not check():
-        procs.check()
-        if time.monotonic() > end:
-            raise DemoError(f"no {what} within {deadline_s:.0f} s")
-        await asyncio.sleep(0.25)
 
 
 def summary_table(run: DemoRun) -> list[str]:

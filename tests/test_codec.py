@@ -234,6 +234,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "avg_volume_10m": 51234.5,
         "surge_ratio": 9.392,
     },
+    "SlotMergeStep": {
+        "kind": "candidate",
+        "time_us": kst_us("20250115", "093016"),
+        "source": "ticks/3",
+        "symbol": "005930",
+        "detected_at_us": kst_us("20250115", "093015"),
+        "app_key_id": "",
+        "outcome": "",
+        "msg_cd": "",
+    },
     "SlotManagerState": {
         "clock_us": kst_us("20250115", "093015"),
         "released_until_us": kst_us("20250115", "093014"),
@@ -351,6 +361,7 @@ EXPECTED_FIELDS = {
         "kind", "source", "event_time_us", "symbol", "trigger_type", "priority_score", "current_volume",
         "avg_volume_10m", "surge_ratio",
     ],
+    "SlotMergeStep": ["kind", "time_us", "source", "symbol", "detected_at_us", "app_key_id", "outcome", "msg_cd"],
     "SlotManagerState": [
         "clock_us", "released_until_us", "ignored_outside_session", "progress", "seqs", "pending", "holders",
         "applied_offsets", "offered_minutes",

@@ -1,20 +1,24 @@
-"""``observer demo`` end to end, then ``observer audit`` on its day: 100 % when clean, exit 1 once a row or a
-line is gone. Real processes, the real broker and database; the simulator is the only fake."""
+"""``observer demo`` end to end, then ``observer audit`` on its day (100 % when clean, exit 1 once a row or a
+line is gone) and ``observer replay`` of it (the same surges and slot decisions). Real processes, the real
+broker and database; the simulator is the only fake."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
+import pytest
 from procs import OBSERVER
 from psycopg import sql
 
 from app.config import Settings
+from app.runs import committed_offsets
 from app.topics import delete_topics
 
 
@@ -22,62 +26,118 @@ def run_observer(args: list[str], env: dict[str, str], timeout_s: float) -> subp
     return subprocess.run([*OBSERVER, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
-def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(stack: Settings, tmp_path: Path) -> None:
-    env = {**os.environ, "OBSERVER_DEMO_ROOT": str(tmp_path / "demo")}
+@pytest.fixture(scope="module")
+def demo_day(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """One demo run (its summary, and the environment that points the CLI at its topics, schema and files)."""
+    root = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "OBSERVER_DEMO_ROOT": str(root / "demo"), "OBSERVER_REPLAY_ROOT": str(root / "replay")}
     # A shorter morning than the README's, at the same speed: the same code path in a third of the time.
     demo = run_observer(["demo", "--until", "10:00", "--json", "--keep-stack"], env, timeout_s=600)
     assert demo.returncode == 0, f"demo failed:\n{demo.stderr[-3000:]}"
+    assert "demo summary" not in demo.stdout, "--json prints JSON only"
     summary: dict[str, Any] = orjson.loads(demo.stdout)
     run_env = env | {
         "OBSERVER_TOPIC_PREFIX": summary["topic_prefix"],
         "OBSERVER_PG_SCHEMA": summary["pg_schema"],
         "OBSERVER_DATA_ROOT": summary["data_root"],
     }
-    try:
-        assert summary["kis_records_sent"] > 10_000
-        # Every trade KIS sent was parsed (the bridge stopped after the simulator's last frame), published, and
-        # written once to each store; the bad frames the simulator injected were dead-lettered.
-        assert (
-            summary["records_parsed"]
-            == summary["ticks_in_kafka"]
-            == summary["jsonl_lines"]
-            == summary["postgres_rows"]
-            > 10_000
-        )
-        assert summary["receive_to_persist"] == 1.0 and summary["unaccounted"] == []
-        assert summary["dead_letters"] > 0 and set(summary["dead_letters_by_reason"]) == {"bad_number"}
-        assert summary["surges"] > 0 and summary["slot_assigns"] >= 6, "the bootstrap and some surges"
-        assert "demo summary" not in demo.stdout, "--json prints JSON only"
+    yield summary, run_env
+    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+        schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'replay_test%'")]
+        for schema in [summary["pg_schema"], *schemas]:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    # The replays' topics are under the demo's prefix too.
+    asyncio.run(delete_topics(stack.model_copy(update={"topic_prefix": summary["topic_prefix"]})))
 
-        date = summary["date"]
-        clean = run_observer(["audit", "--date", date, "--json"], run_env, timeout_s=300)
-        assert clean.returncode == 0, clean.stdout + clean.stderr
-        report = orjson.loads(clean.stdout)
-        assert report["ratio"] == 1.0 and report["problems"] == []
-        assert report["kinds"]["ticks"]["pg_rows"] == summary["postgres_rows"]
 
-        # One row gone from PostgreSQL: the audit names it and exits 1.
-        with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-            deleted = conn.execute(
-                sql.SQL(
-                    "DELETE FROM {}.ticks WHERE ctid = (SELECT ctid FROM {}.ticks LIMIT 1) RETURNING symbol"
-                ).format(sql.Identifier(summary["pg_schema"]), sql.Identifier(summary["pg_schema"]))
-            ).fetchall()
-        assert len(deleted) == 1
-        missing_row = run_observer(["audit", "--date", date], run_env, timeout_s=300)
-        assert missing_row.returncode == 1
-        expected = summary["postgres_rows"]
-        assert f"ticks: {expected - 1} PostgreSQL rows, {expected} expected from Kafka" in missing_row.stdout
+def test_replay_of_the_demo_day_makes_the_same_surges_and_slot_decisions(
+    stack: Settings, demo_day: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    summary, run_env = demo_day
+    live = stack.model_copy(update={"topic_prefix": summary["topic_prefix"]})
+    groups = [f"{live.topic_prefix}{live.worker_app_id}", f"{live.topic_prefix}{live.sink_app_id}"]
+    before = [asyncio.run(committed_offsets(live, g)) for g in groups]
+    assert all(before), "the demo's worker and sink committed offsets"
 
-        # And one JSONL line gone (the row problem stays): both are reported.
-        scalp = sorted((Path(summary["data_root"]) / "observer" / "scalp").glob("*.jsonl"))[0]
-        lines = scalp.read_bytes().splitlines(keepends=True)
-        scalp.write_bytes(b"".join(lines[:-1]))
-        missing_line = run_observer(["audit", "--date", date], run_env, timeout_s=300)
-        assert missing_line.returncode == 1
-        assert f"ticks: {expected - 1} distinct JSONL lines, {expected} expected from Kafka" in missing_line.stdout
-        assert "PostgreSQL rows" in missing_line.stdout
-    finally:
-        with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(summary["pg_schema"])))
-        asyncio.run(delete_topics(stack.model_copy(update={"topic_prefix": summary["topic_prefix"]})))
+    replay = run_observer(
+        ["replay", "--date", summary["date"], "--into", "replay_test", "--json", "--expect-identical"], run_env, 600
+    )
+    assert replay.returncode == 0, f"replay failed:\n{replay.stdout[-3000:]}\n{replay.stderr[-3000:]}"
+    result: dict[str, Any] = orjson.loads(replay.stdout)
+    assert result["identical"] is True
+    assert result["ticks"] == summary["ticks_in_kafka"]
+    outputs = result["outputs"]
+    assert outputs["observer.surges"]["live"] == outputs["observer.surges"]["replay"] == summary["surges"] > 0
+    assert outputs["slot.decisions"]["live"] == outputs["slot.decisions"]["replay"] == summary["slot_changes"] > 6
+    assert result["followed_live_merge_steps"] > 0
+    assert result["pg_rows"] == {
+        "surges": summary["surges"],
+        "slot_decisions": summary["slot_changes"],
+        "slot_overflow": summary["overflow"],
+    }
+    assert [asyncio.run(committed_offsets(live, g)) for g in groups] == before, "the live groups were not touched"
+
+    # The same name again, over half an hour: it replaces the first replay instead of adding to it.
+    again = run_observer(
+        ["replay", "--date", summary["date"], "--from", "09:00", "--to", "09:30", "--into", "replay_test", "--json"],
+        run_env,
+        600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    partial: dict[str, Any] = orjson.loads(again.stdout)
+    assert 0 < partial["ticks"] < result["ticks"]
+    assert partial["pg_rows"]["surges"] == partial["outputs"]["observer.surges"]["replay"] < summary["surges"]
+
+    # Never into the live schema.
+    refused = run_observer(["replay", "--date", summary["date"], "--into", summary["pg_schema"]], run_env, 120)
+    assert refused.returncode == 1 and "is the live schema" in refused.stderr, refused.stderr
+
+
+def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(
+    stack: Settings, demo_day: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    summary, run_env = demo_day
+    assert summary["kis_records_sent"] > 10_000
+    # Every trade KIS sent was parsed (the bridge stopped after the simulator's last frame), published, and
+    # written once to each store; the bad frames the simulator injected were dead-lettered.
+    assert (
+        summary["records_parsed"]
+        == summary["ticks_in_kafka"]
+        == summary["jsonl_lines"]
+        == summary["postgres_rows"]
+        > 10_000
+    )
+    assert summary["receive_to_persist"] == 1.0 and summary["unaccounted"] == []
+    assert summary["dead_letters"] > 0 and set(summary["dead_letters_by_reason"]) == {"bad_number"}
+    assert summary["surges"] > 0 and summary["slot_assigns"] >= 6, "the bootstrap and some surges"
+
+    date = summary["date"]
+    clean = run_observer(["audit", "--date", date, "--json"], run_env, timeout_s=300)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    report = orjson.loads(clean.stdout)
+    assert report["ratio"] == 1.0 and report["problems"] == []
+    assert report["kinds"]["ticks"]["pg_rows"] == summary["postgres_rows"]
+
+    # One row gone from PostgreSQL: the audit names it and exits 1.
+    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+        deleted = conn.execute(
+            sql.SQL("DELETE FROM {}.ticks WHERE ctid = (SELECT ctid FROM {}.ticks LIMIT 1) RETURNING symbol").format(
+                sql.Identifier(summary["pg_schema"]), sql.Identifier(summary["pg_schema"])
+            )
+        ).fetchall()
+    assert len(deleted) == 1
+    missing_row = run_observer(["audit", "--date", date], run_env, timeout_s=300)
+    assert missing_row.returncode == 1
+    expected = summary["postgres_rows"]
+    assert f"ticks: {expected - 1} PostgreSQL rows, {expected} expected from Kafka" in missing_row.stdout
+
+    # And one JSONL line gone (the row problem stays): both are reported.
+    scalp = sorted((Path(summary["data_root"]) / "observer" / "scalp").glob("*.jsonl"))[0]
+    lines = scalp.read_bytes().splitlines(keepends=True)
+    scalp.write_bytes(b"".join(lines[:-1]))
+    missing_line = run_observer(["audit", "--date", date], run_env, timeout_s=300)
+    assert missing_line.returncode == 1
+    assert f"ticks: {expected - 1} distinct JSONL lines, {expected} expected from Kafka" in missing_line.stdout
+    assert "PostgreSQL rows" in missing_line.stdout

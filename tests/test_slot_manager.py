@@ -138,3 +138,105 @@ def test_a_refusal_applies_at_the_merged_time_and_moves_no_watermark() -> None:
     assert [o.reason for o in out if isinstance(o, Overflow)] == ["refused_by_kis:OPSP0008"]
     assert manager.merger.released_until_us == at(day, 10, 1), "the watermark did not move"
     assert manager.step() == [], "reported once"
+
+
+FOLLOW_SOURCES = frozenset({"ticks/0", "ticks/1", "snapshots/0"})
+
+
+def live_run_with_idleness(day: dt.date, seed: int) -> tuple[list, list[dict], list[tuple[str, Candidate]]]:
+    """A live manager: three sources read in a random interleaving, with the wall-clock inputs a live worker
+    has (a source declared idle at random moments, KIS refusals of held symbols at random moments), and a
+    small pool so that order matters. Returns its outcomes, its merge log and the candidates it was given."""
+    rng = random.Random(seed)
+    manager = SlotManager(SlotPolicy(capacity=3, bootstrap=("005930",), min_dwell_us=60 * US), FOLLOW_SOURCES)
+    events: dict[str, list] = {s: [] for s in FOLLOW_SOURCES}
+    candidates: list[tuple[str, Candidate]] = []
+    for s in FOLLOW_SOURCES:
+        t = at(day, 8, 57)
+        while t < at(day, 10, 0):
+            t += rng.randrange(1, 40) * US
+            if rng.random() < 0.3:
+                c = Candidate(f"{rng.randrange(20):06d}", rng.random(), "surge", t)
+                candidates.append((s, c))
+                events[s].append(("add", t, c))
+            else:
+                events[s].append(("advance", t, None))
+    cursors = dict.fromkeys(FOLLOW_SOURCES, 0)
+    out: list = []
+    log: list[dict] = []
+    while any(cursors[s] < len(events[s]) for s in FOLLOW_SOURCES):
+        s = rng.choice(sorted(x for x in FOLLOW_SOURCES if cursors[x] < len(events[x])))
+        kind, t, item = events[s][cursors[s]]
+        cursors[s] += 1
+        if kind == "add":
+            manager.add(s, t, item)
+        else:
+            manager.advance(s, t)
+        if rng.random() < 0.05 and manager.book.held():
+            held = [h.symbol for h in manager.book.slots["main"] if h is not None]
+            manager.refuse_now(Refusal("main", rng.choice(held), "max_subscribe_over", "OPSP0008"))
+        idle = {x for x in FOLLOW_SOURCES if x != s and rng.random() < 0.2}
+        out.extend(manager.step(idle))
+        log.extend(manager.merge_log)
+        manager.merge_log.clear()
+    return out, log, candidates
+
+
+def test_following_a_live_merge_log_gives_the_live_decisions_in_any_interleaving() -> None:
+    """Idleness and refusals are the live manager's two inputs that are not data; its merge log records
+    where they put things, and a follower given the same candidates decides exactly the same."""
+    day = dt.date(2026, 11, 20)
+    differs_without_log = 0
+    for seed in range(8):
+        live_out, log, candidates = live_run_with_idleness(day, seed)
+        assert any(isinstance(o, Decision) and o.action == ASSIGN for o in live_out)
+        assert any(step["kind"] == "refusal" for step in log) and any(step["kind"] == "clock" for step in log)
+        rng = random.Random(100 + seed)
+        follower = SlotManager(SlotPolicy(capacity=3, bootstrap=("005930",), min_dwell_us=60 * US), FOLLOW_SOURCES)
+        inputs = [("step", step) for step in log] + [("candidate", c) for c in candidates]
+        # The log in its order, the candidates at any point against it (a replay computes them at its own pace).
+        rng.shuffle(inputs)
+        log_inputs = iter(log)
+        ordered = [(kind, next(log_inputs) if kind == "step" else item) for kind, item in inputs]
+        followed: list = []
+        for kind, item in ordered:
+            if kind == "step":
+                follower.follow(item)
+            else:
+                follower.arrive(*item)
+            followed.extend(follower.step_following())
+        assert follower.waiting == 0
+        assert followed == live_out
+        assert follower.merge_log == log
+        # The same candidates merged by event time alone (no idleness, no refusals) decide otherwise here.
+        alone = SlotManager(SlotPolicy(capacity=3, bootstrap=("005930",), min_dwell_us=60 * US), FOLLOW_SOURCES)
+        for source, c in sorted(candidates, key=lambda sc: sc[1].detected_at_us):
+            alone.add(source, c.detected_at_us, c)
+        for s in FOLLOW_SOURCES:
+            alone.advance(s, at(day, 10, 1))
+        differs_without_log += alone.step() != live_out
+    assert differs_without_log > 0, "the scenario must exercise what the log records"
+
+
+def test_a_follower_applies_a_repeated_step_once_and_waits_for_a_missing_candidate() -> None:
+    day = dt.date(2026, 11, 20)
+    c = Candidate("005380", 0.8, "surge", at(day, 10, 0))
+    step = {
+        "kind": "candidate",
+        "time_us": at(day, 10, 0, 2),
+        "source": "ticks/0",
+        "symbol": "005380",
+        "detected_at_us": at(day, 10, 0),
+        "app_key_id": "",
+        "outcome": "",
+        "msg_cd": "",
+    }
+    follower = SlotManager(SlotPolicy(capacity=41, bootstrap=()), FOLLOW_SOURCES)
+    follower.follow(step)
+    follower.follow(dict(step))  # the logging worker restarted and wrote it again
+    assert follower.step_following() == [] and follower.waiting == 2, "its surge has not been computed yet"
+    follower.arrive("ticks/1", c)  # another source's candidate is not this step's
+    assert follower.step_following() == []
+    follower.arrive("ticks/0", c)
+    assert decisions(follower.step_following()) == [(ASSIGN, "005380", at(day, 10, 0, 2))]
+    assert follower.waiting == 0

@@ -279,7 +279,8 @@ def check_views(worker: WorkerProcess, home: Path) -> None:
     _, surges = get_json(worker, "/api/surges")
     assert sorted(s["symbol"] for s in surges["surges"]) == sorted(SURGING)
     _, windows = get_json(worker, f"/api/symbols/{SURGING[0]}/windows")
-    assert windows["business_date"] == DAY and sum(m["volume"] for m in windows["minutes"]) > 0, windows
+    ticks = windows["ticks"]
+    assert ticks["business_date"] == DAY and sum(m["volume"] for m in ticks["minutes"]) > 0, windows
     code, missing = get_json(worker, "/api/symbols/999999/windows")
     assert code == 404 and "no windows" in missing["error"]
     _, counters = get_json(worker, "/api/counters")

@@ -16,7 +16,7 @@ import faust
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.kafka_read import PartitionRange, new_reader, read_ranges
 from app.records import dead_letter_record, default_codec
 from app.sink.archive import JsonlArchive
@@ -40,6 +40,16 @@ async def read_range(
         return [(r.offset, r.value) async for r in read_ranges(reader, topic, wanted)]
     finally:
         await reader.stop()
+
+
+def sink_inputs(settings: Settings) -> list[str]:
+    """The logical topics this sink writes (``OBSERVER_SINK_TOPICS``, or every kind)."""
+    unknown = sorted(set(settings.sink_topics) - set(KINDS))
+    if unknown:
+        raise ConfigError(
+            f"OBSERVER_SINK_TOPICS: {', '.join(unknown)} not a sink input; choose from {', '.join(KINDS)}"
+        )
+    return list(settings.sink_topics or KINDS)
 
 
 def create_sink_app(settings: Settings) -> faust.App:
@@ -68,7 +78,7 @@ def create_sink_app(settings: Settings) -> faust.App:
     recovery = archive.open()  # an archive it cannot trust stops the start, with the file and the reason
     for rel, cut in recovery.truncated.items():
         log.warning("sink: recovery cut %d uncommitted bytes from %s", cut, rel)
-    kinds = {settings.topic(logical): kind for logical, kind in KINDS.items()}
+    kinds = {settings.topic(logical): KINDS[logical] for logical in sink_inputs(settings)}
     inputs = app.topic(*kinds, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(settings.topic("kis.dlq"), key_serializer="raw", value_serializer=codec_name("DeadLetter"))
     reader = DecisionReader(settings.bootstrap_servers, settings.topic("slot.decisions"), codec)

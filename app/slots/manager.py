@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +51,18 @@ class SlotManager:
     # "topic:partition" -> offset of the last input applied: the state is written after the inputs it
     # reflects but before their offsets are committed, so after a crash some inputs come again.
     applied_offsets: dict[str, int] = field(default_factory=dict)
-    # symbol -> epoch minute of its last surge candidate: the surge agent's outputs are at-least-once (a
-    # crash between commits repeats them), and a symbol surges at most once a minute.
+    # "source|symbol" -> epoch minute of its last surge candidate from that source: the surge agent's
+    # outputs are at-least-once (a crash between commits repeats them), and a symbol's windows of one
+    # input surge at most once a minute.
     offered_minutes: dict[str, int] = field(default_factory=dict)
 
     _ready: list[Outcome] = field(init=False, default_factory=list)  # refusals' outcomes for the next step
+    # Every step applied since the caller last took them (SlotMergeStep records), for ``slot.merge-log``.
+    merge_log: list[dict[str, Any]] = field(init=False, default_factory=list)
+    # Following another run's merge log (a replay): its steps, and the candidates waiting for theirs.
+    _steps: deque[dict[str, Any]] = field(init=False, default_factory=deque)
+    _arrived: dict[tuple[str, str, int], Candidate] = field(init=False, default_factory=dict)
+    _followed: set[tuple[Any, ...]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.book = SlotBook(self.policy)
@@ -70,12 +78,15 @@ class SlotManager:
         self.applied_offsets[tp] = offset
         return True
 
-    def first_offer(self, symbol: str, event_time_us: int) -> bool:
-        """Record a surge candidate of ``symbol`` at this time; False if its minute was offered already."""
+    def first_offer(self, source: str, symbol: str, event_time_us: int) -> bool:
+        """Record a surge candidate of ``symbol`` from ``source`` at this time; False if that source offered
+        the symbol in this minute already. Per source, so that which one counts never depends on how a
+        consumer interleaved the sources."""
+        key = f"{source}|{symbol}"
         minute = event_time_us // (60 * US)
-        if minute <= self.offered_minutes.get(symbol, -1):
+        if minute <= self.offered_minutes.get(key, -1):
             return False
-        self.offered_minutes[symbol] = minute
+        self.offered_minutes[key] = minute
         return True
 
     def add(self, source: str, event_time_us: int, item: Candidate | Refusal) -> None:
@@ -95,6 +106,7 @@ class SlotManager:
         if self.clock_us >= 0:
             r = refusal
             self._ready.extend(self.book.refused(r.app_key_id, r.symbol, r.outcome, r.msg_cd, self.clock_us))
+            self.merge_log.append(_step("refusal", self.clock_us, refusal=r))
 
     def step(self, idle: Iterable[str] = ()) -> list[Outcome]:
         """Decide on everything the watermark releases, with the session transitions in between."""
@@ -103,10 +115,67 @@ class SlotManager:
         for pending in self.merger.release(idle):
             out.extend(self._run_clock_until(pending.time_us, inclusive=True))
             out.extend(self._apply(pending.item, pending.time_us))
+            if isinstance(pending.item, Refusal):
+                self.merge_log.append(_step("refusal", pending.time_us, refusal=pending.item))
+            elif isinstance(pending.item, Candidate):
+                self.merge_log.append(_step("candidate", pending.time_us, pending.source, pending.item))
         mark = self.merger.released_until_us
         if mark > 0:
-            out.extend(self._run_clock_until(mark, inclusive=False))
+            before = self.clock_us
+            moved = self._run_clock_until(mark, inclusive=False)
+            # Recorded when it matters to a follower: a session opened or closed, the clock started, or it
+            # crossed a date (transitions are looked for on the dates the clock leaves and reaches).
+            if moved or before < 0 or _kst_date(before) != _kst_date(self.clock_us):
+                self.merge_log.append(_step("clock", mark))
+            out.extend(moved)
         return out
+
+    # ----------------------------------------------------------------------------- following a log
+
+    def arrive(self, source: str, candidate: Candidate) -> None:
+        """A candidate, kept until the followed log applies it (following mode: no event-time merge)."""
+        self._arrived.setdefault((source, candidate.symbol, candidate.detected_at_us), candidate)
+
+    def follow(self, step: dict[str, Any]) -> None:
+        """The next step of the merge log being followed (a SlotMergeStep record)."""
+        self._steps.append(step)
+
+    def step_following(self) -> list[Outcome]:
+        """Apply the followed steps, in their order and at their times, as far as their candidates have
+        arrived. Steps repeated in the log (the logging worker restarted) are applied once."""
+        out: list[Outcome] = []
+        while self._steps:
+            s = self._steps[0]
+            t = int(s["time_us"])
+            if s["kind"] == "candidate":
+                key = (s["source"], s["symbol"], int(s["detected_at_us"]))
+                if key not in self._followed:
+                    candidate = self._arrived.pop(key, None)
+                    if candidate is None:
+                        break  # its surge has not been computed yet
+                    self._followed.add(key)
+                    out.extend(self._run_clock_until(t, inclusive=True))
+                    out.extend(self._apply(candidate, t))
+                    self.merge_log.append(_step("candidate", t, s["source"], candidate))
+            elif s["kind"] == "refusal":
+                refusal = Refusal(s["app_key_id"], s["symbol"], s["outcome"], s["msg_cd"])
+                seen = ("refusal", t, refusal)
+                if seen not in self._followed:
+                    self._followed.add(seen)
+                    out.extend(
+                        self.book.refused(refusal.app_key_id, refusal.symbol, refusal.outcome, refusal.msg_cd, t)
+                    )
+                    self.merge_log.append(_step("refusal", t, refusal=refusal))
+            elif s["kind"] == "clock" and (self.clock_us < 0 or t - 1 > self.clock_us):
+                out.extend(self._run_clock_until(t, inclusive=False))
+                self.merge_log.append(_step("clock", t))
+            self._steps.popleft()
+        return out
+
+    @property
+    def waiting(self) -> int:
+        """Following: the steps not applied yet (their candidates have not arrived)."""
+        return len(self._steps)
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -159,6 +228,26 @@ class SlotManager:
                 return []
             return self.book.offer(item, t_us)
         return []
+
+
+def _kst_date(t_us: int) -> dt.date | None:
+    return dt.datetime.fromtimestamp(t_us / US, tz=KST).date() if t_us >= 0 else None
+
+
+def _step(
+    kind: str, time_us: int, source: str = "", candidate: Candidate | None = None, refusal: Refusal | None = None
+) -> dict[str, Any]:
+    """A SlotMergeStep record."""
+    return {
+        "kind": kind,
+        "time_us": time_us,
+        "source": source,
+        "symbol": candidate.symbol if candidate else refusal.symbol if refusal else "",
+        "detected_at_us": candidate.detected_at_us if candidate else 0,
+        "app_key_id": refusal.app_key_id if refusal else "",
+        "outcome": refusal.outcome if refusal else "",
+        "msg_cd": refusal.msg_cd if refusal else "",
+    }
 
 
 # ------------------------------------------------------------------------------------- persistence

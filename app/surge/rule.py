@@ -3,7 +3,8 @@
 Volume per minute comes from KIS's *cumulative* volume (field ``ACML_VOL``, also in REST snapshots), not
 from summing trade sizes: minute volume = the growth of the cumulative volume observed in that minute.
 That makes the windows immune to a duplicated or re-ordered tick (it does not grow the maximum), and lets
-ticks and scanner snapshots of the same symbol feed the same windows without double counting.
+ticks and scanner snapshots give the same measure. The worker keeps a symbol's tick windows and snapshot
+windows apart, each fed by one input partition in its order, so a replay finds the same surges as live.
 
 A symbol's first observation of a business day only sets its baseline (a snapshot) or counts its own
 trade (a tick): volume traded before we saw the symbol is not attributed to that minute. The rule fires

@@ -66,6 +66,13 @@ STATE_KEY = b"state"
 REFUSALS = {"max_subscribe_over", "error", "not_found"}
 
 
+def windows_key(symbol: str, kind: str) -> bytes:
+    """A symbol's windows are kept per input kind: each is then fed by one partition of one topic, in that
+    partition's order, so its surges are the same however a consumer interleaves ticks and snapshots (live
+    and in a replay). Both kinds of a symbol share its partition (the windows table's, too)."""
+    return symbol.encode() if kind == "ticks" else f"{symbol}@{kind}".encode()
+
+
 def candidates_topic_name(settings: Settings) -> str:
     """The worker's internal input of the slot manager (one partition), named after its app id."""
     return f"{settings.topic_prefix}{settings.worker_app_id}-slot-candidates"
@@ -171,11 +178,16 @@ def create_app(settings: Settings) -> faust.App:
     candidates_topic = app.topic(
         candidates_topic_name(settings), key_serializer="raw", value_serializer=codec_name("SlotCandidate")
     )
+    following = settings.slot_follow_log is not None
     slot_inputs = app.topic(
         candidates_topic_name(settings),
         settings.topic("kis.subscriptions"),
+        *([settings.slot_follow_log] if settings.slot_follow_log else []),
         key_serializer="raw",
         value_serializer="raw",
+    )
+    merge_log_topic = app.topic(
+        settings.output_topic("slot.merge-log"), key_serializer="raw", value_serializer=codec_name("SlotMergeStep")
     )
     decisions_topic = app.topic(
         settings.output_topic("slot.decisions"), key_serializer="raw", value_serializer=codec_name("SlotDecision")
@@ -241,7 +253,7 @@ def create_app(settings: Settings) -> faust.App:
                 if found is None:
                     continue
                 source, obs = found
-                key = obs.symbol.encode()
+                key = windows_key(obs.symbol, obs.source)
                 if key in touched:
                     state: SymbolWindows | None = touched[key][0]
                 else:
@@ -259,7 +271,9 @@ def create_app(settings: Settings) -> faust.App:
                     view_state.recent_surges.append(surge_record)
                     # Every output carries its event time as the Kafka timestamp, as the ticks do: the topics'
                     # retention and offsets-for-times (audit, replay) then go by market time.
-                    await surges_topic.send(key=key, value=surge_record, timestamp=surge.event_time_us / US)
+                    await surges_topic.send(
+                        key=obs.symbol.encode(), value=surge_record, timestamp=surge.event_time_us / US
+                    )
                     await candidates_topic.send(key=b"c", value=candidate_record(source, surge))
             view_state.last_input_monotonic = time.monotonic()
             for key, (state, partition) in touched.items():
@@ -307,11 +321,15 @@ def create_app(settings: Settings) -> faust.App:
         except CodecError as exc:
             await dead_letter("slot_manager", event, "undecodable", str(exc))
             return False
+        if name == "SlotMergeStep" and following:
+            metrics.slot_inputs.labels("followed_step").inc()
+            m.follow(value)
+            return True
         if name == "SubscriptionEvent":
             # Not an event-time source: its times are the bridge's wall clock (see SlotManager.refuse_now).
             metrics.slot_inputs.labels("subscription").inc()
             refusal = refusal_of(value)
-            if refusal is not None:
+            if refusal is not None and not following:  # a followed log brings its run's refusals
                 m.refuse_now(refusal)
             return True
         if name != "SlotCandidate":
@@ -324,8 +342,10 @@ def create_app(settings: Settings) -> faust.App:
                 await dead_letter("slot_manager", event, "unknown_source", f"slot input from {value['source']!r}")
                 return False
             heard[value["source"]] = time.monotonic()
-        if kind == "surge":
-            if not m.first_offer(value["symbol"], value["event_time_us"]):
+        if kind == "surge" and following:
+            m.arrive(value["source"], candidate_of(value))  # applied when the followed log says
+        elif kind == "surge":
+            if not m.first_offer(value["source"], value["symbol"], value["event_time_us"]):
                 metrics.slot_inputs.labels("repeated_surge").inc()
                 m.advance(value["source"], value["event_time_us"])
                 return True
@@ -348,7 +368,7 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 if not await take_slot_input(m, event):
                     continue
-                for outcome in m.step(idle_sources()):
+                for outcome in m.step_following() if following else m.step(idle_sources()):
                     if isinstance(outcome, Decision):
                         metrics.decisions.labels(outcome.action).inc()
                         key, value, topic = outcome.app_key_id.encode(), outcome.to_record(), decisions_topic
@@ -357,11 +377,15 @@ def create_app(settings: Settings) -> faust.App:
                         key, value, topic = outcome.symbol.encode(), outcome.to_record(), overflow_topic
                     stamp = outcome.decided_at_us / US
                     sent.append(await topic.send(key=key, value=value, timestamp=stamp))
+                for merge_step in m.merge_log:
+                    stamp = merge_step["time_us"] / US
+                    sent.append(await merge_log_topic.send(key=b"merge", value=merge_step, timestamp=stamp))
+                m.merge_log.clear()
             # The outcomes are in Kafka before the state that says they were made: a crash in between
             # repeats them (same decision ids) rather than losing them.
             await asyncio.gather(*sent)
             metrics.slots_used.set(m.book.held())
-            metrics.pending.set(len(m.merger.pending))
+            metrics.pending.set(m.waiting if following else len(m.merger.pending))
             slot_writes.set(STATE_KEY, codec.encode("SlotManagerState", state_to_record(m)), 0)
 
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
@@ -377,8 +401,11 @@ def create_app(settings: Settings) -> faust.App:
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
     def windows_of(symbol: str) -> dict[str, Any] | None:
-        stored = windows.get(symbol.encode())
-        return None if stored is None else codec.decode(stored)[1]
+        found = {}
+        for kind in ("ticks", "snapshots"):
+            stored = windows.get(windows_key(symbol, kind))
+            found[kind] = None if stored is None else codec.decode(stored)[1]
+        return found if any(found.values()) else None
 
     view_state.manager = lambda: box.get("m")
     view_state.windows = windows_of
@@ -483,7 +510,7 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(apply_topics(settings, {spec.name: spec for spec in own}))
     if settings.output_prefix is not None:  # fresh outputs beside the live ones: create them
         catalogue = load_topics()
-        outputs = {k: catalogue[k] for k in ("observer.surges", "slot.decisions", "slot.overflow")}
+        outputs = {k: catalogue[k] for k in ("observer.surges", "slot.decisions", "slot.overflow", "slot.merge-log")}
         asyncio.run(apply_topics(settings.model_copy(update={"topic_prefix": settings.output_prefix}), outputs))
     # Load the KRX calendar now: its first use (pandas) blocks for seconds, which inside the event loop
     # would stall every agent of the worker.
