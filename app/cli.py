@@ -521,6 +521,7 @@ def audit(ctx: click.Context, date_: str, as_json: bool) -> None:
 @click.option("--to", "to", default=None, help="End of the window, HH:MM KST, exclusive (default: the day's end).")
 @click.option("--into", "into", default=None, help="Name of the replay's outputs (default replay_YYYYMMDD).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the replay to drain.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 12), help="Worker processes.")
 @click.option("--expect-identical", is_flag=True, help="Exit 1 if the outputs differ from the live ones.")
 @click.option(
     "--event-time",
@@ -537,6 +538,7 @@ def replay(
     to: str | None,
     into: str | None,
     timeout: float,
+    workers: int,
     expect_identical: bool,
     event_time: bool,
     as_json: bool,
@@ -568,6 +570,7 @@ def replay(
             end=dt.time.fromisoformat(to) if to else None,
             timeout_s=timeout,
             follow_live=not event_time,
+            workers=workers,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

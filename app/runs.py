@@ -81,13 +81,13 @@ class Processes:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "app.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env=self.env | (env or {}),
             start_new_session=True,  # a Ctrl-C of the tool reaches the tool, which stops them in order
         )
 
