@@ -244,18 +244,25 @@ async def _bridge_counts(settings: Settings, reader: Any, day: str) -> BridgeCou
     return out
 
 
-def _committed_lines(root: Path, pattern: str) -> list[bytes]:
-    """The committed lines of the files matching ``pattern`` (bytes past the commit record's length are not)."""
+def committed_lines(root: Path, pattern: str) -> list[tuple[str, list[bytes]]]:
+    """Per file matching ``pattern`` (relative to ``root``, sorted), its committed lines: bytes past the
+    length in the sink's commit record are not committed, and without a commit record (a copied archive)
+    a last line without its newline is not either."""
     lengths: dict[str, int] = {}
     commit = root / COMMIT_FILE
     if commit.is_file():
         lengths = orjson.loads(commit.read_bytes()).get("lengths", {})
-    out: list[bytes] = []
+    out: list[tuple[str, list[bytes]]] = []
     for path in sorted(root.glob(pattern)):
+        rel = str(path.relative_to(root))
         data = path.read_bytes()
-        committed = lengths.get(str(path.relative_to(root)), len(data))
-        out.extend(line for line in data[:committed].split(b"\n") if line)
+        committed = lengths.get(rel, data.rfind(b"\n") + 1)
+        out.append((rel, [line for line in data[:committed].split(b"\n") if line]))
     return out
+
+
+def _committed_lines(root: Path, pattern: str) -> list[bytes]:
+    return [line for _, lines in committed_lines(root, pattern) for line in lines]
 
 
 def _distinct_lines(name: str, lines: list[bytes]) -> int:

@@ -591,6 +591,65 @@ def replay(
         sys.exit(EXIT_FAILED)
 
 
+# --------------------------------------------------------------------------------------- republish
+
+
+@cli.command()
+@click.option(
+    "--jsonl",
+    "jsonl",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="The archive: a sink data root (the directory holding observer/).",
+)
+@click.option("--date", "date_", required=True, help="KRX business date, YYYY-MM-DD.")
+@click.option("--prefix", default=None, help="Topic prefix of the republished day (default republish-YYYYMMDD.).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.pass_context
+def republish(ctx: click.Context, jsonl: Path, date_: str, prefix: str | None, as_json: bool) -> None:
+    """Put an archived day (JSONL) back into Kafka, for a day older than the topics' retention.
+
+    Reads the committed scalp (trades) and swing (snapshots) lines of the date under the data root and
+    publishes them as RawTick and Snapshot records, keyed and stamped as the bridge and scanner did, to
+    topics of their own (default prefix republish-YYYYMMDD., created with unlimited retention). Records the
+    topics already hold are not sent again, so running it twice adds nothing. Lines that cannot be read
+    back go to the prefix's kis.dlq with file and line (exit status 1). Then replay the day with
+    OBSERVER_TOPIC_PREFIX set to the prefix: observer replay --date D --event-time.
+    """
+    import re
+
+    import orjson
+
+    from app.republish import republish as run_republish
+
+    s = _settings(ctx)
+    date = _parse_date(date_)
+    target = prefix if prefix is not None else f"{s.topic_prefix}republish-{date:%Y%m%d}."
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", target):
+        raise click.BadParameter(f"{target!r}: a topic prefix may hold only letters, digits, '.', '_' and '-'")
+    progress = Progress(f"republishing {date}")
+    try:
+        result = asyncio.run(run_republish(s, jsonl, date, target, progress))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(f"republished {date} from {jsonl} to {target}* in {result.wall_s:.1f} s")
+        for kind, k in result.kinds.items():
+            click.echo(
+                f"  {kind:<9}  {k.lines:>9,} lines  {k.sent:>9,} sent  {k.already:>9,} already there  "
+                f"{k.bad:>5,} dead-lettered"
+            )
+        for line in result.bad_lines:
+            click.echo(f"  bad line: {line}")
+        click.echo(f"replay it: OBSERVER_TOPIC_PREFIX={target} observer replay --date {date} --event-time")
+    if any(k.bad for k in result.kinds.values()):
+        sys.exit(EXIT_FAILED)
+
+
 # -------------------------------------------------------------------------------------------- demo
 
 

@@ -439,13 +439,25 @@ async def run_replay(base: Settings, options: ReplayOptions, echo: Callable[[str
     bar = ProgressBar()
     ticks_total = 0
 
+    candidates = candidates_topic_name(target)
+    candidates_mark: dict[tuple[str, int], int] = {}
+
     async def worker_behind() -> int:
+        """Input records the worker's group has not committed. Its internal candidates topic never stops
+        growing (the slot manager's clock ticks go there every half second), so it counts up to its end
+        as of the moment every other input was committed: the candidates of all the inputs lie below."""
         ends = await end_offsets(target, worker_inputs)
         committed = await committed_offsets(target, worker_group)
         scraped = await asyncio.gather(*(asyncio.to_thread(scrape, ports[name]) for name in workers))
         taken = sum(metric_sum(m, "observer_worker_ticks_in_total") for m in scraped)
         bar("ticks through the worker", int(taken), ticks_total, force=False)
-        return sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+        inputs = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items() if tp[0] != candidates)
+        if inputs:
+            candidates_mark.clear()
+            return inputs + sum(max(0, e - committed.get(tp, 0)) for tp, e in ends.items() if tp[0] == candidates)
+        if not candidates_mark:
+            candidates_mark.update({tp: end for tp, end in ends.items() if tp[0] == candidates})
+        return sum(max(0, end - committed.get(tp, 0)) for tp, end in candidates_mark.items())
 
     t0 = time.monotonic()
     try:

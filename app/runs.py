@@ -10,6 +10,7 @@ has committed everything it reads, and nothing new has arrived for a quiet perio
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import signal
 import socket
 import subprocess
@@ -73,6 +74,14 @@ def metric_sum(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when the tool that started it dies, even by SIGKILL (Linux), so a
+    killed demo or replay leaves no process behind writing to topics that are gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Processes:
     """The observer processes of a run: started with their own logs, stopped with SIGTERM (then SIGKILL)."""
 
@@ -89,6 +98,7 @@ class Processes:
             stderr=subprocess.STDOUT,
             env=self.env | (env or {}),
             start_new_session=True,  # a Ctrl-C of the tool reaches the tool, which stops them in order
+            preexec_fn=_stop_with_parent,
         )
 
     def check(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,11 @@ from psycopg import sql
 
 from app.config import Settings
 from app.runs import committed_offsets
+from app.sink.archive import COMMIT_FILE
 from app.topics import delete_topics
+
+# The demo (about a minute) runs once for the module, inside the first test's time; each replay takes another.
+pytestmark = pytest.mark.timeout(900)
 
 
 def run_observer(args: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -79,9 +84,9 @@ def test_replay_of_the_demo_day_makes_the_same_surges_and_slot_decisions(
     }
     assert [asyncio.run(committed_offsets(live, g)) for g in groups] == before, "the live groups were not touched"
 
-    # The same name again, over half an hour: it replaces the first replay instead of adding to it.
+    # The same name again, over ten minutes: it replaces the first replay instead of adding to it.
     again = run_observer(
-        ["replay", "--date", summary["date"], "--from", "09:00", "--to", "09:30", "--into", "replay_test", "--json"],
+        ["replay", "--date", summary["date"], "--from", "09:00", "--to", "09:10", "--into", "replay_test", "--json"],
         run_env,
         600,
     )
@@ -93,6 +98,57 @@ def test_replay_of_the_demo_day_makes_the_same_surges_and_slot_decisions(
     # Never into the live schema.
     refused = run_observer(["replay", "--date", summary["date"], "--into", summary["pg_schema"]], run_env, 120)
     assert refused.returncode == 1 and "is the live schema" in refused.stderr, refused.stderr
+
+
+def test_republish_puts_the_archived_day_back_once_and_it_replays_to_the_same_surges(
+    stack: Settings, demo_day: tuple[dict[str, Any], dict[str, str]], tmp_path: Path
+) -> None:
+    summary, run_env = demo_day
+    archive = tmp_path / "archive"
+    shutil.copytree(summary["data_root"], archive)  # an archive copied off the machine that wrote it
+    prefix = f"{summary['topic_prefix']}republish."
+    args = ["republish", "--jsonl", str(archive), "--date", summary["date"], "--prefix", prefix, "--json"]
+    first = run_observer(args, run_env, 300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kinds = orjson.loads(first.stdout)["kinds"]
+    assert kinds["ticks"] == {"lines": summary["jsonl_lines"], "sent": summary["jsonl_lines"], "already": 0, "bad": 0}
+    assert kinds["snapshots"]["sent"] == kinds["snapshots"]["lines"] > 0
+
+    # Again, with one bad line added: nothing is sent twice, and the bad line is dead-lettered and reported.
+    scalp = sorted((archive / "observer" / "scalp").glob("*.jsonl"))[-1]
+    (archive / COMMIT_FILE).unlink()  # an archive without the sink's commit record: whole lines count
+    with scalp.open("ab") as f:
+        f.write(b'{"timestamp": "not a time"}\n')
+    again = run_observer(args, run_env, 300)
+    assert again.returncode == 1, again.stderr[-3000:]
+    report = orjson.loads(again.stdout)
+    assert report["kinds"]["ticks"] == {
+        "lines": summary["jsonl_lines"] + 1,
+        "sent": 0,
+        "already": summary["jsonl_lines"],
+        "bad": 1,
+    }
+    assert report["kinds"]["snapshots"]["sent"] == 0
+    assert report["bad_lines"] == [
+        f"{scalp.relative_to(archive)}:{len(scalp.read_bytes().splitlines())}: timestamp 'not a time' is not ISO 8601"
+    ]
+
+    # The republished day, replayed by event time (the archive has no merge log), finds the live surges.
+    replay_env = run_env | {"OBSERVER_TOPIC_PREFIX": prefix}
+    replay = run_observer(
+        ["replay", "--date", summary["date"], "--into", "replay_test_archive", "--event-time", "--json"],
+        replay_env,
+        600,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert orjson.loads(replay.stdout)["ticks"] == summary["jsonl_lines"]
+    with psycopg.connect(stack.postgres_dsn) as conn:
+        live, again_ = sql.Identifier(summary["pg_schema"]), sql.Identifier("replay_test_archive")
+        for a, b in ((live, again_), (again_, live)):
+            query = sql.SQL("SELECT count(*) FROM (TABLE {}.surges EXCEPT TABLE {}.surges) d").format(a, b)
+            assert conn.execute(query).fetchone() == (0,)
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}.surges").format(again_)).fetchone()
+        assert count == (summary["surges"],)
 
 
 def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(
