@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -512,6 +512,35 @@ def audit(ctx: click.Context, date_: str, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+Run = TypeVar("Run")
+
+
+def _run_tool(
+    job: Callable[[Callable[[str], None]], Coroutine[Any, Any, Run]],
+    as_json: bool,
+    summary: Callable[[Run], dict[str, Any]],
+    table: Callable[[Run], list[str]],
+) -> Run:
+    """Run a tool that starts processes (demo, replay): progress on stdout, or stderr with --json; then its
+    summary as a table or one JSON object. A failed run prints the reason and exits 1."""
+    import orjson
+
+    from app.runs import RunError
+
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    try:
+        run = asyncio.run(job(echo))
+    except RunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(orjson.dumps(summary(run), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in table(run):
+            click.echo(line)
+    return run
+
+
 # ------------------------------------------------------------------------------------------ replay
 
 
@@ -555,10 +584,7 @@ def replay(
     outputs are only read. A replay of the same NAME replaces the earlier one; NAME is never the live
     schema. OBSERVER_* settings (the surge rule, say) apply.
     """
-    import orjson
-
     from app.replay import ReplayOptions, run_replay, summary_table
-    from app.runs import RunError
 
     s = _settings(ctx)
     date = _parse_date(date_)
@@ -576,17 +602,7 @@ def replay(
         raise click.BadParameter(str(exc)) from None
     if options.start and options.end and options.end <= options.start:
         raise click.BadParameter(f"--to {to} is not after --from {from_}")
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    try:
-        run = asyncio.run(run_replay(s, options, echo))
-    except RunError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    if as_json:
-        click.echo(orjson.dumps(run.summary(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in summary_table(run):
-            click.echo(line)
+    run = _run_tool(lambda echo: run_replay(s, options, echo), as_json, lambda r: r.summary(), summary_table)
     if expect_identical and not run.identical:
         sys.exit(EXIT_FAILED)
 
@@ -684,10 +700,7 @@ def demo(
     topic prefix, schema and data root under OBSERVER_DEMO_ROOT (.local/demo); the latest run is kept.
     Exit status 1 if anything is unaccounted for.
     """
-    import orjson
-
     from app.demo import DemoOptions, run_demo, summary_table
-    from app.runs import RunError
 
     s = _settings(ctx)
     try:
@@ -702,17 +715,7 @@ def demo(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    try:
-        run = asyncio.run(run_demo(s, options, echo))
-    except RunError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    if as_json:
-        click.echo(orjson.dumps(run.summary(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in summary_table(run):
-            click.echo(line)
+    run = _run_tool(lambda echo: run_demo(s, options, echo), as_json, lambda r: r.summary(), summary_table)
     if run.summary()["unaccounted"]:
         sys.exit(EXIT_FAILED)
 

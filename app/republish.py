@@ -85,6 +85,16 @@ def _time_us(value: Any, what: str) -> int:
     return int(stamp.timestamp()) * US + stamp.microsecond
 
 
+def _json_object(line: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ArchiveLineError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ArchiveLineError("not a JSON object")
+    return doc
+
+
 def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = doc.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -94,12 +104,7 @@ def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
 
 def tick_of_line(line: bytes, day: dt.date, source: str, line_no: int) -> RawTick:
     """The RawTick a scalp line was written from, as far as the line tells (see the module docstring)."""
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ArchiveLineError(f"not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ArchiveLineError("not a JSON object")
+    doc = _json_object(line)
     event_us = _time_us(doc.get("timestamp"), "timestamp")
     local = dt.datetime.fromtimestamp(event_us / US, dt.timezone(dt.timedelta(hours=9)))
     if local.date() != day:
@@ -133,12 +138,7 @@ def tick_of_line(line: bytes, day: dt.date, source: str, line_no: int) -> RawTic
 
 def snapshot_of_line(line: bytes, day: dt.date) -> dict[str, Any]:
     """The Snapshot a swing line was written from (its REST reply fields are not in the archive)."""
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ArchiveLineError(f"not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ArchiveLineError("not a JSON object")
+    doc = _json_object(line)
     rank = doc.get("rank")
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool)):
         raise ArchiveLineError("rank is not an integer or null")
