@@ -119,6 +119,38 @@ def stack_status(ctx: click.Context) -> None:
         ctx.exit(EXIT_FAILED)
 
 
+@stack.command(
+    "consumer-groups",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def stack_consumer_groups(ctx: click.Context) -> None:
+    """Kafka's own kafka-consumer-groups tool on the local broker, from the installed jars: e.g.
+    `observer stack consumer-groups --describe --group G` prints each partition's committed offset,
+    end offset and LAG. Arguments go to the tool as they are; --bootstrap-server is added."""
+    from app.stack.kafka import LocalKafka
+
+    s = _settings(ctx)
+    kafka = LocalKafka(s)
+    if not kafka.installed():
+        raise click.ClickException("Kafka is not installed: run observer stack install")
+    cmd = [
+        "java",
+        "-Xmx256m",
+        f"-Dlog4j2.configurationFile={kafka.log4j_file}",
+        "-cp",
+        f"{kafka.lib_dir}/*",
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        s.bootstrap_servers,
+        *ctx.args,
+    ]
+    import subprocess
+
+    ctx.exit(subprocess.run(cmd, check=False).returncode)
+
+
 # ---------------------------------------------------------------------------------------------- db
 
 
@@ -605,6 +637,35 @@ def replay(
     run = _run_tool(lambda echo: run_replay(s, options, echo), as_json, lambda r: r.summary(), summary_table)
     if expect_identical and not run.identical:
         sys.exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------------------- analytics
+
+
+@cli.group()
+def analytics() -> None:
+    """Downstream analytics consumers, each in a consumer group of its own."""
+
+
+@analytics.command("minute-bars")
+@click.option("--group", default="observer-analytics-minute-bars", show_default=True, help="Consumer group id.")
+@click.pass_context
+def analytics_minute_bars(ctx: click.Context, group: str) -> None:
+    """One-minute OHLCV bars per symbol from kis.ticks.raw into OBSERVER_PG_SCHEMA.minute_bars, until SIGTERM.
+
+    Its own consumer group (prefixed by OBSERVER_TOPIC_PREFIX), so it never takes records from the sink or
+    the worker. Exactly once into PostgreSQL: each batch's bars and the offsets they reach are one
+    transaction, and the consumer seeks to those offsets after any restart or rebalance; a trade published
+    twice is recognised by its cumulative volume. Its lag: observer stack consumer-groups --describe
+    --group <prefix><group>.
+    """
+    from app.analytics.minute_bars import run_minute_bars
+
+    counts = asyncio.run(run_minute_bars(_settings(ctx), group, click.echo))
+    click.echo(
+        f"stopped: {counts.records_in:,} records, {counts.ticks_added:,} ticks in bars, "
+        f"{counts.duplicates:,} repeated, {counts.dead_letters:,} dead-lettered"
+    )
 
 
 # --------------------------------------------------------------------------------------- republish

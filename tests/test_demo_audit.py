@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,110 @@ def test_republish_puts_the_archived_day_back_once_and_it_replays_to_the_same_su
             assert conn.execute(query).fetchone() == (0,)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}.surges").format(again_)).fetchone()
         assert count == (summary["surges"],)
+
+
+def group_lag(env: dict[str, str], group: str) -> dict[int, tuple[int, int]]:
+    """partition -> (committed offset, log end) as Kafka's own kafka-consumer-groups tool reports them."""
+    out = run_observer(["stack", "consumer-groups", "--describe", "--group", group], env, 120).stdout
+    lag: dict[int, tuple[int, int]] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group and cols[2].isdigit():
+            lag[int(cols[2])] = (int(cols[3]) if cols[3].isdigit() else -1, int(cols[4]))
+    return lag
+
+
+def wait_drained_by_the_tool(env: dict[str, str], group: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"minute-bars exited: {proc.stdout.read() if proc.stdout else ''}"
+        lag = group_lag(env, group)
+        # An empty partition has no committed offset ("-") and ends at 0.
+        if len(lag) == 12 and all(max(committed, 0) == end for committed, end in lag.values()):
+            return
+        time.sleep(1)
+    raise AssertionError(f"group {group} not at zero lag: {group_lag(env, group)}")
+
+
+def bars_from_jsonl(data_root: Path) -> dict[tuple[str, str], tuple[int, ...]]:
+    """The bars computed directly from the scalp JSONL: (symbol, KST minute) -> open, high, low, close,
+    volume, trades, by each trade's cumulative volume (a repeated trade counted once)."""
+    trades: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in (data_root / "observer" / "scalp").glob("*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            doc = orjson.loads(line)
+            trades[(doc["symbol"], doc["accumulated_volume"])] = doc
+    minutes: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (symbol, _), doc in sorted(trades.items()):
+        minutes.setdefault((symbol, doc["timestamp"][:16]), []).append(doc)
+    return {
+        key: (
+            docs[0]["price"],
+            max(d["price"] for d in docs),
+            min(d["price"] for d in docs),
+            docs[-1]["price"],
+            sum(d["volume"] for d in docs),
+            len(docs),
+        )
+        for key, docs in minutes.items()
+    }
+
+
+def bars_in_postgres(dsn: str, schema: str) -> dict[tuple[str, str], tuple[int, ...]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT symbol, to_char(minute AT TIME ZONE 'Asia/Seoul', 'YYYY-MM-DD\"T\"HH24:MI'), open, high, low, "
+                "close, volume, trades FROM {}.minute_bars"
+            ).format(sql.Identifier(schema))
+        ).fetchall()
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def test_the_minute_bars_group_drains_to_zero_lag_and_its_bars_match_the_jsonl_even_after_an_offset_reset(
+    stack: Settings, demo_day: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    summary, run_env = demo_day
+    group = f"{summary['topic_prefix']}observer-analytics-minute-bars"
+    expected = bars_from_jsonl(Path(summary["data_root"]))
+    assert sum(bar[5] for bar in expected.values()) == summary["jsonl_lines"]
+
+    def run_until_drained() -> str:
+        proc = subprocess.Popen([*OBSERVER, "analytics", "minute-bars"], env=run_env, stdout=subprocess.PIPE, text=True)
+        try:
+            wait_drained_by_the_tool(run_env, group, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        return out
+
+    first = run_until_drained()
+    assert f"stopped: {summary['ticks_in_kafka']:,} records, {summary['ticks_in_kafka']:,} ticks in bars" in first
+    assert bars_in_postgres(stack.postgres_dsn, summary["pg_schema"]) == expected
+
+    # Kafka's offsets reset to the start with Kafka's own tool: PostgreSQL's offsets say what is done, and
+    # nothing is added twice.
+    reset = run_observer(
+        [
+            "stack",
+            "consumer-groups",
+            "--reset-offsets",
+            "--to-earliest",
+            "--execute",
+            "--group",
+            group,
+            "--topic",
+            f"{summary['topic_prefix']}kis.ticks.raw",
+        ],
+        run_env,
+        120,
+    )
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert all(max(committed, 0) == 0 for committed, _ in group_lag(run_env, group).values())
+    second = run_until_drained()
+    assert "stopped: 0 records, 0 ticks in bars" in second, second
+    assert bars_in_postgres(stack.postgres_dsn, summary["pg_schema"]) == expected
 
 
 def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(
