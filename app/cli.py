@@ -719,6 +719,11 @@ def republish(ctx: click.Context, jsonl: Path, date_: str, prefix: str | None, a
             click.echo(
                 f"  {kind:<9}  {k.lines:>9,} lines  {k.sent:>9,} sent  {k.already:>9,} already there  "
                 f"{k.bad:>5,} dead-lettered"
+                + (
+                    f"  ({k.unreadable_in_target:,} unreadable records in the target topic)"
+                    if k.unreadable_in_target
+                    else ""
+                )
             )
         for line in result.bad_lines:
             click.echo(f"  bad line: {line}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from app.kis.ticks import RawTick
 from app.records import CodecError, dead_letter_record, default_codec
 from app.topics import apply_topics, load_topics
 
+log = logging.getLogger(__name__)
+
 KIND_TOPICS = {"ticks": "kis.ticks.raw", "snapshots": "kis.snapshots"}
 US = 1_000_000
 
@@ -53,6 +56,7 @@ class KindResult:
     sent: int = 0  # records published now
     already: int = 0  # lines whose record the target topic held already
     bad: int = 0  # lines dead-lettered
+    unreadable_in_target: int = 0  # records already in the target topic that are not this kind's records
 
 
 @dataclass
@@ -169,20 +173,31 @@ def archive_lines(root: Path, kind: str, day: dt.date) -> Iterator[tuple[str, in
             yield rel, n, line
 
 
-async def _keys_present(settings: Settings, kind: str, topic: str) -> set[tuple[Any, ...]]:
+async def _keys_present(settings: Settings, kind: str, topic: str) -> tuple[set[tuple[Any, ...]], int]:
+    """The natural keys the target topic holds, and how many of its records could not be read (not records
+    this tool wrote, so not one of the archive's either; counted and reported, not guessed at)."""
     codec = default_codec()
     reader = new_reader(settings.bootstrap_servers)
     await reader.start()
     keys: set[tuple[Any, ...]] = set()
+    unreadable = 0
     try:
         async for rec in read_ranges(reader, topic, await time_window(reader, topic, None, None)):
             try:
                 keys.add(natural_key(kind, codec.decode(rec.value)[1]))
-            except (CodecError, KeyError):
-                continue  # not a record this tool wrote: it cannot be one of the archive's, either
+            except (CodecError, KeyError) as exc:
+                unreadable += 1
+                log.warning(
+                    "republish: %s[%s]@%s in the target is not a %s record: %s",
+                    topic,
+                    rec.partition,
+                    rec.offset,
+                    kind,
+                    exc,
+                )
     finally:
         await reader.stop()
-    return keys
+    return keys, unreadable
 
 
 async def republish(
@@ -208,8 +223,8 @@ async def republish(
     try:
         for kind, logical in KIND_TOPICS.items():
             topic = target.topic(logical)
-            present = await _keys_present(target, kind, topic)
-            counts = result.kinds[kind] = KindResult()
+            present, unreadable = await _keys_present(target, kind, topic)
+            counts = result.kinds[kind] = KindResult(unreadable_in_target=unreadable)
             sent: list[asyncio.Future[Any]] = []
             # Each symbol's records in the order of their cumulative volume, which is the order KIS sent them.
             records: list[tuple[int, int, bytes, bytes]] = []

@@ -43,14 +43,13 @@ from psycopg import sql
 
 from app.config import Settings, load_settings
 from app.kafka_read import new_reader, read_ranges, time_window
-from app.kis.ticks import record_to_tick
 from app.krx import KST, latest_session, today_kst
 from app.records import default_codec
 from app.sim.market import Market
 from app.topics import apply_topics, delete_topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_worker import fill  # the same producer fill as the worker bench
+from bench_worker import fill, kafka_tick  # the same ticks and producer fill as the worker bench
 
 TARGET_S = 60.0
 
@@ -69,20 +68,7 @@ def session_ticks(day: dt.date, n: int, symbols: int) -> list[tuple[bytes, bytes
         trades.extend(trade for trade in market.advance_to(min(t, close)) if trade.symbol in wanted)
     step = max(1, len(trades) // n)
     codec = default_codec()
-    out: list[tuple[bytes, bytes, int]] = []
-    for seq, trade in enumerate(trades[::step], start=1):
-        tick = record_to_tick(
-            trade.record,
-            tr_id="H0STCNT0",
-            received_at_us=trade.event_time_us,
-            app_key_id="main",
-            session_id="bench",
-            frame_seq=seq,
-            record_index=0,
-            record_count=1,
-        )
-        out.append((tick["symbol"].encode(), codec.encode("RawTick", tick), tick["event_time_us"] // 1000))
-    return out
+    return [kafka_tick(trade, seq, codec) for seq, trade in enumerate(trades[::step], start=1)]
 
 
 async def bare_read(settings: Settings, day: dt.date) -> tuple[int, float]:

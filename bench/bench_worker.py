@@ -47,12 +47,27 @@ from aiokafka import AIOKafkaProducer
 from app.config import Settings, load_settings
 from app.kis.ticks import record_to_tick
 from app.krx import KST, latest_session, today_kst
-from app.records import default_codec
-from app.sim.market import Market
+from app.records import RecordCodec, default_codec
+from app.sim.market import Market, Trade
 from app.topics import apply_topics, delete_topics
 
 TARGET_RATIO = 0.8
 HERE = Path(__file__).resolve().parent
+
+
+def kafka_tick(trade: Trade, seq: int, codec: RecordCodec) -> tuple[bytes, bytes, int]:
+    """A simulated trade as the bridge publishes it: (key, Avro RawTick, timestamp ms)."""
+    tick = record_to_tick(
+        trade.record,
+        tr_id="H0STCNT0",
+        received_at_us=trade.event_time_us,
+        app_key_id="main",
+        session_id="bench",
+        frame_seq=seq,
+        record_index=0,
+        record_count=1,
+    )
+    return tick["symbol"].encode(), codec.encode("RawTick", tick), tick["event_time_us"] // 1000
 
 
 def morning_ticks(n: int, symbols: int) -> list[tuple[bytes, bytes, int]]:
@@ -73,17 +88,7 @@ def morning_ticks(n: int, symbols: int) -> list[tuple[bytes, bytes, int]]:
             if trade.symbol not in wanted:
                 continue
             seq += 1
-            tick = record_to_tick(
-                trade.record,
-                tr_id="H0STCNT0",
-                received_at_us=trade.event_time_us,
-                app_key_id="main",
-                session_id="bench",
-                frame_seq=seq,
-                record_index=0,
-                record_count=1,
-            )
-            out.append((tick["symbol"].encode(), codec.encode("RawTick", tick), tick["event_time_us"] // 1000))
+            out.append(kafka_tick(trade, seq, codec))
             if len(out) == n:
                 break
     return out

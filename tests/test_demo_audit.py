@@ -113,7 +113,13 @@ def test_republish_puts_the_archived_day_back_once_and_it_replays_to_the_same_su
     first = run_observer(args, run_env, 300)
     assert first.returncode == 0, first.stderr[-3000:]
     kinds = orjson.loads(first.stdout)["kinds"]
-    assert kinds["ticks"] == {"lines": summary["jsonl_lines"], "sent": summary["jsonl_lines"], "already": 0, "bad": 0}
+    assert kinds["ticks"] == {
+        "lines": summary["jsonl_lines"],
+        "sent": summary["jsonl_lines"],
+        "already": 0,
+        "bad": 0,
+        "unreadable_in_target": 0,
+    }
     assert kinds["snapshots"]["sent"] == kinds["snapshots"]["lines"] > 0
 
     # Again, with one bad line added: nothing is sent twice, and the bad line is dead-lettered and reported.
@@ -129,6 +135,7 @@ def test_republish_puts_the_archived_day_back_once_and_it_replays_to_the_same_su
         "sent": 0,
         "already": summary["jsonl_lines"],
         "bad": 1,
+        "unreadable_in_target": 0,
     }
     assert report["kinds"]["snapshots"]["sent"] == 0
     assert report["bad_lines"] == [

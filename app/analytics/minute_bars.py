@@ -228,9 +228,10 @@ async def run_minute_bars(settings: Settings, group: str, echo: Any = print) -> 
     """Consume until SIGTERM or SIGINT; progress every 10 s."""
     bars = MinuteBars(settings, group)
     conn = await bars.open()
+    group_id = f"{settings.topic_prefix}{group}"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
-        group_id=f"{settings.topic_prefix}{group}",
+        group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 2**20,
@@ -244,7 +245,7 @@ async def run_minute_bars(settings: Settings, group: str, echo: Any = print) -> 
     await consumer.start()
     await producer.start()
     shown = time.monotonic()
-    echo(f"minute bars: group {consumer._group_id}, {bars.topic} -> {settings.pg_schema}.minute_bars")
+    echo(f"minute bars: group {group_id}, {bars.topic} -> {settings.pg_schema}.minute_bars")
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
