@@ -461,12 +461,17 @@ async def run_replay(base: Settings, options: ReplayOptions, echo: Callable[[str
 
     t0 = time.monotonic()
     try:
-        # The processes start (seconds of imports and a group join) while the window is copied; they take
-        # the records as they come.
+        # The group settles before any record arrives. A CI replay never drained after the second worker
+        # joined while the first was already processing, and that worker's Faust started its fetcher before
+        # seeking its new partitions to their committed offsets; an idle group has nothing to lose there.
         for name in workers:
             procs.start(name, ["worker"], {"OBSERVER_WORKER_WEB_PORT": str(ports[name])})
         procs.start("sink", ["sink"])
-        echo(f"copying the window of {options.day} into {target.topic_prefix}* while the processes start")
+        for name in workers:
+            await wait_for(functools.partial(healthy, ports[name]), 120, f"healthy {name} (partitions assigned)", procs)
+        await wait_for(lambda: bool(scrape(ports["sink"])), 120, "the sink's web server", procs)
+        run.stages_s["start"] = time.monotonic() - t0
+        echo(f"copying the window of {options.day} into {target.topic_prefix}*")
         run.copied = await copy_window(
             base, target, options, lambda what, n, total: bar(f"copied {what}", n, total), follow
         )
@@ -474,10 +479,6 @@ async def run_replay(base: Settings, options: ReplayOptions, echo: Callable[[str
         run.stages_s["copy"] = time.monotonic() - t0
         run.followed_steps = run.copied.get(MERGE_LOG) if follow else None
         ticks_total = run.copied.get("kis.ticks.raw", 0)
-        for name in workers:
-            await wait_for(functools.partial(healthy, ports[name]), 120, f"healthy {name} (partitions assigned)", procs)
-        await wait_for(lambda: bool(scrape(ports["sink"])), 120, "the sink's web server", procs)
-        run.stages_s["start"] = time.monotonic() - t0
         # Merging by event time, decisions held back for an input partition that went quiet come out once it
         # counts as idle; following the live log, nothing waits for the wall clock.
         quiet_s = 3.0 if follow else target.slot_idle_s + 4.0
@@ -498,8 +499,8 @@ async def run_replay(base: Settings, options: ReplayOptions, echo: Callable[[str
 
 def _wall(wall_s: float, stages: dict[str, float]) -> str:
     return (
-        f"{wall_s:.0f} s; from the processes' launch: window copied by {stages.get('copy', 0):.0f} s, processes "
-        f"ready by {stages.get('start', 0):.0f} s, everything written by {stages.get('process', 0):.0f} s; "
+        f"{wall_s:.0f} s; from the processes' launch: processes ready by {stages.get('start', 0):.0f} s, window "
+        f"copied by {stages.get('copy', 0):.0f} s, everything written by {stages.get('process', 0):.0f} s; "
         f"comparison {stages.get('compare', 0):.0f} s"
     )
 
