@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     slot_capacity: int = Field(default=41, ge=1, le=41)  # KIS allows 41 registrations per app key
     slot_bootstrap: tuple[str, ...] = ("005930", "000660", "373220", "051910", "068270", "035720")
     slot_idle_s: float = Field(default=2.0, gt=0)  # a partition silent this long stops holding decisions back
+    # A partition read to its end stops holding decisions back at once (the live edge: what it has not sent
+    # yet has not happened yet). Off for event-time replays, whose inputs may still be arriving.
+    slot_release_at_log_end: bool = True
     # A replay's worker applies the steps of this merge log (a physical topic holding another run's
     # slot.merge-log) in their order instead of merging by event time and idleness: the same decisions.
     slot_follow_log: str | None = None

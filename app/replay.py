@@ -15,8 +15,9 @@ its own, then how they compare with what the live run produced for the same hour
 
 Surges are a function of the data alone (each symbol's tick windows and snapshot windows are fed by one
 input partition each, in its order). Slot decisions depend on the order in which the slot manager merged
-its inputs, which is event time except for two inputs that are not data: when a silent input partition
-stopped holding decisions back (wall-clock idleness) and when a KIS refusal arrived (a replay has no KIS
+its inputs, which is event time except for inputs that are not data: when an input partition stopped
+holding decisions back (it fell silent, or the worker had read it to its live edge) and when a KIS refusal
+arrived (a replay has no KIS
 session, so ``kis.subscriptions`` is not replayed). The live worker records every merge step in
 ``slot.merge-log``; the replay copies the window of it and its worker applies the same steps in the same
 order (``OBSERVER_SLOT_FOLLOW_LOG``), so it makes the live decisions again, computed, not copied.
@@ -431,6 +432,9 @@ async def run_replay(base: Settings, options: ReplayOptions, echo: Callable[[str
     env.pop("OBSERVER_SLOT_FOLLOW_LOG", None)
     if follow:
         env["OBSERVER_SLOT_FOLLOW_LOG"] = target.topic(FOLLOWED)
+    else:
+        # The copy is still being written while the worker reads: the end of a partition is not the live edge.
+        env["OBSERVER_SLOT_RELEASE_AT_LOG_END"] = "false"
     procs = Processes(env, target.home / "logs")
     worker_group = target.topic_prefix + target.worker_app_id
     worker_inputs = [target.topic(t) for t in (*INPUTS, "kis.subscriptions")] + [candidates_topic_name(target)]

@@ -233,6 +233,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "current_volume": 481200,
         "avg_volume_10m": 51234.5,
         "surge_ratio": 9.392,
+        "at_log_end": False,
     },
     "SlotMergeStep": {
         "kind": "candidate",
@@ -359,7 +360,7 @@ EXPECTED_FIELDS = {
     "SurgeWindows": ["business_date", "first_minute", "cumulative", "minutes", "fired_minute"],
     "SlotCandidate": [
         "kind", "source", "event_time_us", "symbol", "trigger_type", "priority_score", "current_volume",
-        "avg_volume_10m", "surge_ratio",
+        "avg_volume_10m", "surge_ratio", "at_log_end",
     ],
     "SlotMergeStep": ["kind", "time_us", "source", "symbol", "detected_at_us", "app_key_id", "outcome", "msg_cd"],
     "SlotManagerState": [

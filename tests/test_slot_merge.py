@@ -72,6 +72,15 @@ def test_an_idle_source_does_not_hold_the_others_back_and_its_late_items_keep_or
     assert late.time_us == 20, "an item after its source was passed over is placed after what was released"
 
 
+def test_with_every_source_idle_everything_up_to_the_latest_time_goes() -> None:
+    merger = EventTimeMerger(frozenset({"a", "b"}))
+    merger.advance("b", 10)
+    merger.add("a", 12, "x")
+    assert [p.item for p in merger.release(idle={"b"})] == [], "a is not idle and only at 12"
+    assert [p.item for p in merger.release(idle={"a", "b"})] == ["x"], "nothing else is coming"
+    assert merger.add("b", 12, "y").time_us == 13, "placed after what was released"
+
+
 def test_an_out_of_order_item_keeps_its_place_in_its_source() -> None:
     merger = EventTimeMerger(frozenset({"a"}))
     merger.add("a", 10, "x")

@@ -347,6 +347,38 @@ def test_two_fresh_app_ids_make_byte_identical_slot_decisions(isolated: Settings
     assert times == sorted(times), "decided in event-time order, the first three crossings took the slots"
 
 
+def test_partitions_read_to_their_end_do_not_hold_decisions_back(isolated: Settings, tmp_path: Path) -> None:
+    """Silence never counts here (``OBSERVER_SLOT_IDLE_S`` is an hour) and no snapshot partition ever
+    speaks, so only the live edge can let the merge go: with it the surges are decided as soon as the
+    worker has read everything; without it (as in an event-time replay) they wait."""
+    asyncio.run(apply_topics(isolated))
+    ticks = morning([f"{i:06d}" for i in range(100, 2_000, 100)])
+    asyncio.run(produce(isolated, ticks))
+    surges = 'observer_worker_slot_inputs_total{kind="surge"}'
+    for run, at_end in (("edgeOn", "true"), ("edgeOff", "false")):
+        home = tmp_path / run
+        home.mkdir()
+        env = {
+            "OBSERVER_WORKER_APP_ID": run,
+            "OBSERVER_OUTPUT_PREFIX": f"{isolated.topic_prefix}{run}.",
+            "OBSERVER_SLOT_CAPACITY": "3",
+            "OBSERVER_SLOT_BOOTSTRAP": "[]",
+            "OBSERVER_SLOT_IDLE_S": "3600",
+            "OBSERVER_SLOT_RELEASE_AT_LOG_END": at_end,
+        }
+        worker = WorkerProcess(isolated, home, env)
+        try:
+            worker.wait_metric(surges, len(SURGING), deadline_s=90)
+            if at_end == "true":
+                worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
+                worker.wait_metric("observer_worker_slot_pending", 0, deadline_s=30)
+            else:
+                worker.wait_metric("observer_worker_slot_pending", len(SURGING), deadline_s=30)
+                assert worker.metric('observer_worker_slot_decisions_total{action="assign"}') == 0
+        finally:
+            assert worker.stop() == 0
+
+
 def test_the_scanner_lets_a_symbol_without_a_slot_surge_on_snapshots(isolated: Settings, worker_home: Path) -> None:
     """The simulator at 60x; nobody subscribes to anything, so 003920's volume is seen only by the scanner's
     inquire_price polls. Its surge at 09:12 (20x for 3 minutes) must come out as a snapshot surge, stamped

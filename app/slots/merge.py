@@ -11,9 +11,10 @@ interleaving of the same per-source streams.
   place in its own source's order instead of jumping back past items already released.
 - A source reports progress with every item and with progress markers; the watermark is the lowest
   progress of the sources that are not idle. Items strictly below it are released.
-- Idleness (a partition with no data at all, e.g. no subscribed symbol hashes to it) is decided by the
-  caller from wall-clock silence; it is the one input that is not data, and it only matters when a
-  source has had nothing for a while.
+- Idleness is decided by the caller: a partition with no data at all (no subscribed symbol hashes to it)
+  after wall-clock silence, or one the worker has read to its live edge (what it has not sent has not
+  happened yet). It is the one input that is not data; with every source idle, everything pending goes.
+  A live run records the order it released in (``slot.merge-log``) so that a replay can follow it.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ class EventTimeMerger:
         """The lowest progress over the sources that are not idle (None while one has not reported)."""
         idle_set = set(idle)
         live = [s for s in self.sources if s not in idle_set]
-        if not live:
-            return max(self.progress.values(), default=None)
+        if not live:  # nothing else is coming: everything up to the latest time seen goes
+            top = max(self.progress.values(), default=None)
+            return None if top is None else top + 1
         if any(s not in self.progress for s in live):
             return None
         return min(self.progress[s] for s in live)

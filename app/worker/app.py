@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -89,10 +90,11 @@ def candidate_record(source: str, surge: Surge) -> dict[str, Any]:
         "current_volume": surge.current_volume,
         "avg_volume_10m": surge.avg_volume_10m,
         "surge_ratio": surge.surge_ratio,
+        "at_log_end": False,
     }
 
 
-def progress_record(source: str, event_time_us: int) -> dict[str, Any]:
+def progress_record(source: str, event_time_us: int, at_log_end: bool = False) -> dict[str, Any]:
     return {
         "kind": "progress",
         "source": source,
@@ -103,6 +105,7 @@ def progress_record(source: str, event_time_us: int) -> dict[str, Any]:
         "current_volume": 0,
         "avg_volume_10m": 0.0,
         "surge_ratio": 0.0,
+        "at_log_end": at_log_end,
     }
 
 
@@ -218,7 +221,9 @@ def create_app(settings: Settings) -> faust.App:
         )
 
     progress_second: dict[str, int] = {}
+    progress_at_end: dict[str, bool] = {}
     snapshots_name = settings.topic("kis.snapshots")
+    ticks_name = settings.topic("kis.ticks.raw")
 
     async def observation_of(event: Any) -> tuple[str, Observation] | None:
         """The event as a tick or snapshot observation, or None once it has been dead-lettered."""
@@ -241,6 +246,17 @@ def create_app(settings: Settings) -> faust.App:
         )
         return f"{kind}/{event.message.partition}", obs
 
+    def highwater_of(tp: Any) -> int | None:
+        """The partition's end offset as the consumer last heard it from the broker (None: not yet)."""
+        try:
+            return app.consumer.highwater(tp)
+        except (ConsumerNotStarted, IllegalStateError):  # not started, or the partition was just revoked
+            return None
+
+    def read_to_end(tp: Any, offset: int) -> bool:
+        highwater = highwater_of(tp)
+        return highwater is not None and offset + 1 >= highwater
+
     @app.agent(observations_topic)
     async def surge_agent(stream: Any) -> None:
         # A batch at a time: each symbol's windows are decoded and encoded once per batch; their changelog
@@ -248,7 +264,11 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
             touched: dict[bytes, tuple[SymbolWindows, int]] = {}
             latest: dict[str, int] = {}  # source -> latest event time in this batch
+            last_offset: dict[str, tuple[Any, int]] = {}  # source -> (its partition, last offset in the batch)
             for event in batch:
+                msg = event.message
+                kind = "snapshots" if msg.topic == snapshots_name else "ticks"
+                last_offset[f"{kind}/{msg.partition}"] = (msg.tp, msg.offset)
                 found = await observation_of(event)
                 if found is None:
                     continue
@@ -280,9 +300,13 @@ def create_app(settings: Settings) -> faust.App:
                 windows_writes.set(key, codec.encode("SurgeWindows", state.to_record()), partition)
             for source, time_us in latest.items():
                 second = time_us // 1_000_000
-                if second > progress_second.get(source, -1):  # at most one marker per source and second
-                    progress_second[source] = second
-                    await candidates_topic.send(key=b"c", value=progress_record(source, time_us))
+                at_end = read_to_end(*last_offset[source])
+                # At most one marker per source and second, and one whenever the source reaches or leaves
+                # its partition's end.
+                if second > progress_second.get(source, -1) or at_end != progress_at_end.get(source, False):
+                    progress_second[source] = max(second, progress_second.get(source, -1))
+                    progress_at_end[source] = at_end
+                    await candidates_topic.send(key=b"c", value=progress_record(source, time_us, at_end))
 
     slot_table = app.Table("slot-manager", partitions=1, key_type=bytes, value_type=bytes)
     slot_writes = DeferredChangelog(app, slot_table)
@@ -308,11 +332,13 @@ def create_app(settings: Settings) -> faust.App:
             box["m"] = m
         return box["m"]
 
+    at_log_end: set[str] = set()  # sources whose latest marker said the worker had read them to the end
+
     def idle_sources() -> set[str]:
         now = time.monotonic()
         if now - started < settings.slot_idle_s:
-            return set()
-        return {s for s in sources if now - heard.get(s, started) > settings.slot_idle_s}
+            return set(at_log_end)
+        return {s for s in sources if now - heard.get(s, started) > settings.slot_idle_s} | at_log_end
 
     async def take_slot_input(m: SlotManager, event: Any) -> bool:
         """Feed one input to the manager; False if it was dead-lettered instead."""
@@ -352,6 +378,10 @@ def create_app(settings: Settings) -> faust.App:
             m.add(value["source"], value["event_time_us"], candidate_of(value))
         elif kind == "progress":
             m.advance(value["source"], value["event_time_us"])
+            if value["at_log_end"] and settings.slot_release_at_log_end:
+                at_log_end.add(value["source"])
+            else:
+                at_log_end.discard(value["source"])
         return True
 
     @app.agent(slot_inputs)
@@ -392,6 +422,14 @@ def create_app(settings: Settings) -> faust.App:
     async def slot_clock() -> None:
         """Wakes the slot manager so that idle partitions stop holding decisions back."""
         await candidates_topic.send(key=b"c", value=clock_record())
+        # An input partition with an empty log has nothing to say, so the surge agent never speaks for it.
+        for tp in app.consumer.assignment():
+            if tp.topic not in (snapshots_name, ticks_name):
+                continue
+            source = f"{'snapshots' if tp.topic == snapshots_name else 'ticks'}/{tp.partition}"
+            if source not in progress_at_end and highwater_of(tp) == 0:
+                progress_at_end[source] = True
+                await candidates_topic.send(key=b"c", value=progress_record(source, 0, at_log_end=True))
 
     if settings.scanner_interval_s > 0:
         install_scanner(app, settings, metrics, snapshots_topic, dlq_topic)
