@@ -7,6 +7,7 @@ nothing else reads the environment. A bad value stops the process with one line 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,9 @@ class Settings(BaseSettings):
     scanner_interval_s: float = Field(default=5.0, ge=0)
     scanner_rankings: list[str] = Field(default_factory=lambda: ["0", "1"])
     scanner_watchlist: list[str] = Field(default_factory=list)
+    # How the watchlist's prices are read: multi_price (30 symbols a call; real accounts only) or inquire_price
+    # (one call a symbol; paper accounts have only this).
+    scanner_price_call: Literal["multi_price", "inquire_price"] = "multi_price"
     # The sink (one process per data root): JSONL under data_root, rows in pg_schema.
     data_root: Path = Field(default_factory=lambda: _default_home() / "data", description="JSONL archive root.")
     sink_app_id: str = Field(default="observer-sink", pattern=r"^[A-Za-z0-9_.-]{1,60}$")

@@ -247,6 +247,11 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         sink_inputs = [settings.topic(logical) for logical in KINDS]
         await wait_drained(settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo)
         stages["drain"] = time.monotonic() - t2
+        crashes = metric_sum(scrape(ports["worker"]), "observer_worker_agent_crashes_total")
+        if crashes:
+            raise RunError(f"the worker's agents crashed {crashes:.0f} times; see {home / 'logs' / 'worker.log'}")
+        if not run.sim_totals.get("records_sent"):
+            raise RunError("the simulator sent no trades: the bridge subscribed nothing (no slot decisions?)")
     finally:
         procs.stop_all()
         if not sim_stopped:

@@ -27,8 +27,12 @@ def _calendar() -> object:
 
 @lru_cache(maxsize=512)
 def is_trading_day(day: dt.date) -> bool:
-    cal = _calendar()
-    return bool(cal.is_session(day.isoformat()))  # type: ignore[attr-defined]
+    """False before the calendar's first session (nothing of ours traded then); a date past its last session
+    raises: exchange-calendars needs an upgrade, and guessing would decide a real day wrongly."""
+    cal: Any = _calendar()
+    if day < cal.first_session.date():
+        return False
+    return bool(cal.is_session(day.isoformat()))
 
 
 def is_continuous_trading(instant: dt.datetime) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.kis.protocol import MULTI_PRICE_MAX_SYMBOLS
 from app.kis.rest import KisApiError, KisRestClient
 from app.krx import KST
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SOURCE_VOLUME_RANK = "volume_rank"
 SOURCE_INQUIRE_PRICE = "inquire_price"
+SOURCE_MULTI_PRICE = "multi_price"
+PRICE_CALLS = (SOURCE_MULTI_PRICE, SOURCE_INQUIRE_PRICE)
 
 
 class BadSnapshot(ValueError):
@@ -53,8 +56,10 @@ def _float(row: dict[str, str], name: str) -> float:
 def snapshot_record(
     row: dict[str, str], symbol: str | None, source: str, server_time_s: float, rank: int | None = None
 ) -> dict[str, Any]:
-    """One Snapshot from one REST row (``symbol`` from the row's ``mksc_shrn_iscd`` when None)."""
-    code = symbol if symbol is not None else row.get("mksc_shrn_iscd", "")
+    """One Snapshot from one REST row (``symbol`` from the row's ``mksc_shrn_iscd``, or a multi-price row's
+    ``inter_shrn_iscd``, when None)."""
+    multi = source == SOURCE_MULTI_PRICE
+    code = symbol if symbol is not None else row.get("inter_shrn_iscd" if multi else "mksc_shrn_iscd", "")
     if len(code) != 6 or not code.isalnum():
         raise BadSnapshot(f"symbol {code!r} is not a 6-character short code")
     volume = _int(row, "acml_vol")
@@ -66,7 +71,7 @@ def snapshot_record(
         "business_date": dt.datetime.fromtimestamp(when_us / 1_000_000, KST).strftime("%Y%m%d"),
         "snapshot_time_us": when_us,
         "source": source,
-        "price": _int(row, "stck_prpr"),
+        "price": _int(row, "inter2_prpr" if multi else "stck_prpr"),
         "cumulative_volume": volume,
         "change_rate": _float(row, "prdy_ctrt"),
         "rank": rank,
@@ -97,10 +102,14 @@ class Scanner:
         rankings: Sequence[str],
         watchlist: Sequence[str],
         wall_clock: Callable[[], float] = time.time,
+        price_call: str = SOURCE_MULTI_PRICE,
     ) -> None:
+        if price_call not in PRICE_CALLS:
+            raise ValueError(f"price_call {price_call!r} is not one of {PRICE_CALLS}")
         self.rest = rest
         self.rankings = tuple(rankings)
         self.watchlist = tuple(watchlist)
+        self.price_call = price_call
         self._wall = wall_clock
 
     def _server_time(self) -> float:
@@ -131,9 +140,11 @@ class Scanner:
                 if record["symbol"] not in seen:
                     seen.add(record["symbol"])
                     await take(record)
-        for code in self.watchlist:
-            if code in seen:
-                continue
+        unseen = [code for code in self.watchlist if code not in seen]
+        if self.price_call == SOURCE_MULTI_PRICE:
+            await self._poll_multi_price(result, unseen, take)
+            return result
+        for code in unseen:
             output = await self._call(result, f"inquire_price/{code}", self.rest.inquire_price(code))
             if output is None:
                 return result
@@ -144,6 +155,26 @@ class Scanner:
                 continue
             await take(record)
         return result
+
+    async def _poll_multi_price(
+        self, result: PollResult, codes: list[str], take: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Thirty symbols a call: a watchlist of 60 costs two requests instead of sixty."""
+        for start in range(0, len(codes), MULTI_PRICE_MAX_SYMBOLS):
+            asked = codes[start : start + MULTI_PRICE_MAX_SYMBOLS]
+            rows = await self._call(result, f"multi_price/{asked[0]}+{len(asked) - 1}", self.rest.multi_price(asked))
+            if rows is None:
+                return
+            when = self._server_time()
+            for row in rows:
+                try:
+                    record = snapshot_record(row, None, SOURCE_MULTI_PRICE, when)
+                    if record["symbol"] not in asked:
+                        raise BadSnapshot(f"inter_shrn_iscd {record['symbol']!r} was not asked for")
+                except BadSnapshot as exc:
+                    result.rejected.append((row, str(exc)))
+                    continue
+                await take(record)
 
     @staticmethod
     async def _call(result: PollResult, what: str, call: Awaitable[Any]) -> Any:

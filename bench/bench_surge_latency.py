@@ -84,7 +84,12 @@ class Probe:
         self.polls: dict[str, list[float]] = {code: [] for code in watched}
         self.subscribed: dict[str, float] = {}
         market, ws = sim.market, sim.ws
-        advance, inquire, on_message = market.advance_to, market.inquire_price, ws._on_message
+        advance, inquire, multi, on_message = (
+            market.advance_to,
+            market.inquire_price,
+            market.multi_price,
+            ws._on_message,
+        )
 
         def advance_to(until_us: int) -> Any:
             trades = advance(until_us)
@@ -95,6 +100,11 @@ class Probe:
             if code in self.polls:
                 self.polls[code].append(time.time())
             return inquire(code)
+
+        def multi_price(code: str) -> dict[str, str]:  # one row of a multi-price call
+            if code in self.polls:
+                self.polls[code].append(time.time())
+            return multi(code)
 
         async def message(session: Any, text: str) -> None:
             try:
@@ -107,6 +117,7 @@ class Probe:
 
         market.advance_to = advance_to  # type: ignore[method-assign]
         market.inquire_price = inquire_price  # type: ignore[method-assign]
+        market.multi_price = multi_price  # type: ignore[method-assign]
         ws._on_message = message  # type: ignore[method-assign]
 
     def published_at(self, second_us: int) -> float:

@@ -37,6 +37,7 @@ from app.sim.rest import (
     APPROVAL_KEYS,
     PATH_APPROVAL,
     PATH_INQUIRE_PRICE,
+    PATH_MULTI_PRICE,
     PATH_REVOKE,
     PATH_TOKEN,
     PATH_VOLUME_RANK,
@@ -358,6 +359,75 @@ def test_inquire_price_envelope_and_fields(market: Market) -> None:
                     f"ERROR INVALID {bad}",
                 )
             assert app[REST_STATS].codes["inquire_price"]["MCA00000"] == 1
+
+    asyncio.run(main())
+
+
+MULTI_PRICE_FIELDS = {
+    "inter_shrn_iscd", "inter_kor_isnm", "inter2_prpr", "inter2_prdy_vrss", "prdy_vrss_sign", "prdy_ctrt",
+    "acml_vol", "acml_tr_pbmn", "inter2_prdy_clpr", "inter2_askp", "inter2_bidp", "hour_cls_code",
+}  # fmt: skip
+
+
+def test_multi_price_answers_up_to_30_symbols_in_order_and_names_a_bad_pair(market: Market) -> None:
+    codes = [s.code for s in market.symbols[:30]]
+
+    def pairs(these: list[str], market_code: str = "J") -> dict[str, str]:
+        out = {}
+        for n, code in enumerate(these, start=1):
+            out |= {f"FID_COND_MRKT_DIV_CODE_{n}": market_code, f"FID_INPUT_ISCD_{n}": code}
+        return out
+
+    async def main() -> None:
+        async with serve(market) as (base, app), aiohttp.ClientSession() as http:
+            token = await issue_token(http, base)
+            headers = quote_headers(token, "FHKST11300006")
+            url = base + PATH_MULTI_PRICE
+            status, doc = await get(http, url, pairs(codes), headers)
+            assert status == 200 and (doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == OK_ENVELOPE
+            rows = doc["output"]
+            assert [r["inter_shrn_iscd"] for r in rows] == codes
+            for row, code in zip(rows, codes, strict=True):
+                assert set(row) == MULTI_PRICE_FIELDS and all(isinstance(v, str) for v in row.values())
+                single = market.inquire_price(code)
+                assert (row["inter2_prpr"], row["acml_vol"], row["prdy_ctrt"]) == (
+                    single["stck_prpr"],
+                    single["acml_vol"],
+                    single["prdy_ctrt"],
+                ), "the same market state as inquire-price"
+                assert int(row["inter2_askp"]) > int(row["inter2_bidp"]) > 0
+            status, doc = await get(http, url, pairs([*codes, "005930"]), headers)  # a 31st pair is not read
+            assert len(doc["output"]) == 30
+            for params, bad in (
+                (pairs([codes[0], "999999"]), "FID_INPUT_ISCD_2"),
+                (pairs(codes[:2], "Z"), "FID_COND_MRKT_DIV_CODE_1"),
+                ({}, "FID_INPUT_ISCD_1"),
+            ):
+                status, doc = await get(http, url, params, headers)
+                assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (
+                    200,
+                    "2",
+                    "OPSQ2001",
+                    f"ERROR INVALID {bad}",
+                )
+            status, doc = await get(http, url, pairs(codes[:1]), quote_headers(token, "FHKST01010100"))
+            assert doc["msg_cd"] == "OPSQ0002", "the multi-price path wants its own tr_id"
+            assert app[REST_STATS].codes["multi_price"]["MCA00000"] == 2
+
+    asyncio.run(main())
+
+
+def test_client_multi_price_takes_1_to_30_symbols(market: Market, tmp_path: Path) -> None:
+    codes = [s.code for s in market.symbols[:30]]
+
+    async def main() -> None:
+        async with serve(market) as (base, app), client(base, tmp_path, rps=50) as kis:
+            rows = await kis.multi_price(codes)
+            assert [r["inter_shrn_iscd"] for r in rows] == codes
+            for wrong in ([], [*codes, "005930"]):
+                with pytest.raises(ValueError, match="1 to 30 symbols"):
+                    await kis.multi_price(wrong)
+            assert app[REST_STATS].total("multi_price") == 1, "a wrong count never reaches KIS"
 
     asyncio.run(main())
 

@@ -13,7 +13,14 @@ import pytest
 from app.kis.credentials import simulator_credentials
 from app.kis.rest import KisRestClient
 from app.krx import KST
-from app.scanner import SOURCE_INQUIRE_PRICE, SOURCE_VOLUME_RANK, BadSnapshot, Scanner, snapshot_record
+from app.scanner import (
+    SOURCE_INQUIRE_PRICE,
+    SOURCE_MULTI_PRICE,
+    SOURCE_VOLUME_RANK,
+    BadSnapshot,
+    Scanner,
+    snapshot_record,
+)
 from app.sim.rest import REST_STATS
 from app.sim.server import KisSimulator, SimConfig
 
@@ -84,7 +91,8 @@ def test_a_poll_emits_each_call_s_snapshots_before_the_next_call(tmp_path: Path)
                 emitted.append((record["symbol"], served))
 
             async with client:
-                result = await Scanner(client, ["0"], [ranked_first, quiet]).poll(emit)
+                scanner = Scanner(client, ["0"], [ranked_first, quiet], price_call=SOURCE_INQUIRE_PRICE)
+                result = await scanner.poll(emit)
         finally:
             await sim.stop()
         assert not result.failed_calls and not result.rejected
@@ -96,5 +104,43 @@ def test_a_poll_emits_each_call_s_snapshots_before_the_next_call(tmp_path: Path)
         server_s = client.last_server_time
         assert server_s is not None and server_s == int(server_s)
         assert {s["snapshot_time_us"] for s in result.snapshots[30:]} == {int(server_s) * 1_000_000 - 1}
+
+    asyncio.run(scenario())
+
+
+def test_a_multi_price_row_becomes_a_snapshot_of_its_own_symbol() -> None:
+    row = {"inter_shrn_iscd": "000660", "inter2_prpr": "181000", "acml_vol": "2500000", "prdy_ctrt": "-0.55"}
+    record = snapshot_record(row, None, SOURCE_MULTI_PRICE, float(DATE_S))
+    assert (record["symbol"], record["price"], record["cumulative_volume"], record["rank"]) == (
+        "000660",
+        181_000,
+        2_500_000,
+        None,
+    )
+    with pytest.raises(BadSnapshot, match="inter2_prpr"):
+        snapshot_record({**row, "inter2_prpr": "x"}, None, SOURCE_MULTI_PRICE, float(DATE_S))
+
+
+def test_a_watchlist_of_35_costs_two_multi_price_calls(tmp_path: Path) -> None:
+    """Thirty symbols a call: 35 unranked watchlist symbols are read by two calls, none by inquire-price."""
+
+    async def scenario() -> None:
+        sim = KisSimulator(SimConfig(rest_port=0, ws_port=0, speed=1.0))
+        await sim.start()
+        try:
+            ranked = {r["mksc_shrn_iscd"] for r in sim.market.volume_rank(30, "0")}
+            watch = [s.code for s in sim.market.symbols if s.code not in ranked][:35]
+            client = KisRestClient(sim.rest_url, simulator_credentials("main"), tmp_path / "tokens.json", 50.0)
+            async with client:
+                result = await Scanner(client, ["0"], watch).poll()
+            stats = sim.rest_app[REST_STATS]
+            calls = {name: stats.total(name) for name in ("volume_rank", "multi_price", "inquire_price")}
+        finally:
+            await sim.stop()
+        assert not result.failed_calls and not result.rejected
+        assert calls == {"volume_rank": 1, "multi_price": 2, "inquire_price": 0}
+        priced = result.snapshots[30:]
+        assert [s["symbol"] for s in priced] == watch and {s["source"] for s in priced} == {SOURCE_MULTI_PRICE}
+        assert all(s["cumulative_volume"] >= 0 and s["price"] > 0 for s in priced)
 
     asyncio.run(scenario())

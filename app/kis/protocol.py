@@ -112,8 +112,11 @@ PATH_TOKEN = "/oauth2/tokenP"
 PATH_REVOKE = "/oauth2/revokeP"
 PATH_INQUIRE_PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
 PATH_VOLUME_RANK = "/uapi/domestic-stock/v1/quotations/volume-rank"
+PATH_MULTI_PRICE = "/uapi/domestic-stock/v1/quotations/intstock-multprice"
 TR_INQUIRE_PRICE = "FHKST01010100"
 TR_VOLUME_RANK = "FHPST01710000"
+TR_MULTI_PRICE = "FHKST11300006"
+MULTI_PRICE_MAX_SYMBOLS = 30  # 관심종목(멀티종목) 시세조회 takes FID_..._1 to FID_..._30
 
 
 # msg_cd -> outcome. Key on msg_cd: msg1 wording differs between KIS's own lists and live captures.

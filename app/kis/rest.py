@@ -31,7 +31,7 @@ import secrets
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,12 +43,15 @@ from prometheus_client import Counter as PromCounter
 
 from app.kis.credentials import KisCredentials
 from app.kis.protocol import (
+    MULTI_PRICE_MAX_SYMBOLS,
     PATH_APPROVAL,
     PATH_INQUIRE_PRICE,
+    PATH_MULTI_PRICE,
     PATH_REVOKE,
     PATH_TOKEN,
     PATH_VOLUME_RANK,
     TR_INQUIRE_PRICE,
+    TR_MULTI_PRICE,
     TR_VOLUME_RANK,
 )
 
@@ -58,7 +61,7 @@ KST = dt.timezone(dt.timedelta(hours=9), "KST")
 
 # Endpoint labels (metric label values; a closed set).
 EP_APPROVAL, EP_TOKEN, EP_REVOKE = "approval", "token", "revoke"
-EP_INQUIRE_PRICE, EP_VOLUME_RANK = "inquire_price", "volume_rank"
+EP_INQUIRE_PRICE, EP_VOLUME_RANK, EP_MULTI_PRICE = "inquire_price", "volume_rank", "multi_price"
 
 TOKEN_REFRESH_MARGIN_S = 3600.0  # a cached token is replaced one hour before it expires
 PACING_HEADROOM = 1.01  # requests are spaced 1% wider than 1/rate: room for network jitter at the server
@@ -242,6 +245,20 @@ class KisRestClient:
         output = doc.get("output")
         if not isinstance(output, dict) or not _all_str(output):
             raise self._fail(EP_INQUIRE_PRICE, 200, "BAD_RESPONSE", "output is not an object of strings")
+        return output
+
+    async def multi_price(self, codes: Sequence[str], market: str = "J") -> list[dict[str, str]]:
+        """Rows of 관심종목(멀티종목) 시세조회 (FHKST11300006) for up to 30 ``codes``, one call."""
+        if not 1 <= len(codes) <= MULTI_PRICE_MAX_SYMBOLS:
+            raise ValueError(f"multi_price takes 1 to {MULTI_PRICE_MAX_SYMBOLS} symbols, got {len(codes)}")
+        params: dict[str, str] = {}
+        for n, code in enumerate(codes, start=1):
+            params[f"FID_COND_MRKT_DIV_CODE_{n}"] = market
+            params[f"FID_INPUT_ISCD_{n}"] = code
+        doc = await self._call(EP_MULTI_PRICE, "GET", PATH_MULTI_PRICE, tr_id=TR_MULTI_PRICE, params=params)
+        output = doc.get("output")
+        if not isinstance(output, list) or not all(isinstance(r, dict) and _all_str(r) for r in output):
+            raise self._fail(EP_MULTI_PRICE, 200, "BAD_RESPONSE", "output is not a list of objects of strings")
         return output
 
     async def volume_rank(

@@ -783,6 +783,28 @@ class Market:
             "short_over_yn": "N",
         }
 
+    def multi_price(self, code: str) -> dict[str, str]:
+        """One ``output`` row of 관심종목(멀티종목) 시세조회 (FHKST11300006) for ``code``; KeyError if unknown."""
+        i = self._index[code]
+        spec = self.symbols[i]
+        price = int(self._last[i])
+        bid = int(_price_of(np.asarray([self._bid[i]]))[0])
+        ask = int(_price_of(np.asarray([self._bid[i] + 1]))[0])
+        return {
+            "inter_shrn_iscd": code,
+            "inter_kor_isnm": spec.name,
+            "inter2_prpr": str(price),
+            "inter2_prdy_vrss": str(price - spec.prev_close),
+            "prdy_vrss_sign": self._sign(i, price),
+            "prdy_ctrt": f"{(price - spec.prev_close) * 100.0 / spec.prev_close:.2f}",
+            "acml_vol": str(int(self._cum_vol[i])),
+            "acml_tr_pbmn": str(int(self._cum_val[i])),
+            "inter2_prdy_clpr": str(spec.prev_close),
+            "inter2_askp": str(ask),
+            "inter2_bidp": str(bid),
+            "hour_cls_code": "0",
+        }
+
     def _sign(self, i: int, price: int) -> str:
         if price == self._upper[i]:
             return "1"

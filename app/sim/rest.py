@@ -7,7 +7,8 @@ Reproduced (KIS_PROTOCOL.md sections 1 and 5):
   ``access_token_token_expired`` (KST, from the wall clock); the same token again within 6 h; with
   ``token_throttle`` a second *new* token for an app key within 60 s is refused with ``EGW00133``;
 - ``POST /oauth2/revokeP`` (``appkey``/``appsecret``/``token``) -> ``{"code": 200, "message": ...}``;
-- ``GET .../quotations/inquire-price`` (``FHKST01010100``) and ``GET .../quotations/volume-rank``
+- ``GET .../quotations/inquire-price`` (``FHKST01010100``), ``GET .../quotations/intstock-multprice``
+  (``FHKST11300006``, up to 30 symbols a call) and ``GET .../quotations/volume-rank``
   (``FHPST01710000``, every documented query parameter required, at most 30 rows), with the headers
   ``authorization: Bearer``, ``appkey``, ``appsecret``, ``tr_id`` and ``custtype`` checked, the envelope
   ``rt_cd``/``msg_cd``/``msg1``/``output`` and a sliding one-second request window per app key (``EGW00201``).
@@ -50,12 +51,15 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from app.kis.credentials import key_fingerprint
 from app.kis.protocol import (
+    MULTI_PRICE_MAX_SYMBOLS,
     PATH_APPROVAL,
     PATH_INQUIRE_PRICE,
+    PATH_MULTI_PRICE,
     PATH_REVOKE,
     PATH_TOKEN,
     PATH_VOLUME_RANK,
     TR_INQUIRE_PRICE,
+    TR_MULTI_PRICE,
     TR_VOLUME_RANK,
 )
 from app.sim.market import Market
@@ -483,6 +487,30 @@ async def inquire_price(request: web.Request) -> web.Response:
     return _ok(request, output, TR_INQUIRE_PRICE)
 
 
+async def multi_price(request: web.Request) -> web.Response:
+    """Pairs ``FID_COND_MRKT_DIV_CODE_n``/``FID_INPUT_ISCD_n`` for n = 1, 2, ... up to 30, read until the first
+    missing code; one row per pair, in order. Parameters past the 30th are not read [UNCONF]."""
+    refused = _gate(request, TR_MULTI_PRICE)
+    if refused is not None:
+        return refused
+    query = request.query
+    market = _state(request).market
+    rows = []
+    for n in range(1, MULTI_PRICE_MAX_SYMBOLS + 1):
+        code = query.get(f"FID_INPUT_ISCD_{n}")
+        if code is None:
+            break
+        if query.get(f"FID_COND_MRKT_DIV_CODE_{n}") not in PRICE_MARKETS:
+            return _invalid(request, f"FID_COND_MRKT_DIV_CODE_{n}")
+        try:
+            rows.append(market.multi_price(code))
+        except KeyError:
+            return _invalid(request, f"FID_INPUT_ISCD_{n}")
+    if not rows:
+        return _invalid(request, "FID_INPUT_ISCD_1")
+    return _ok(request, rows, TR_MULTI_PRICE)
+
+
 def _digits_or_empty(value: str) -> bool:
     return value == "" or value.isdigit()
 
@@ -581,4 +609,5 @@ def create_rest_app(
     app.router.add_post(PATH_REVOKE, revoke_p, name="revoke")
     app.router.add_get(PATH_INQUIRE_PRICE, inquire_price, name="inquire_price")
     app.router.add_get(PATH_VOLUME_RANK, volume_rank, name="volume_rank")
+    app.router.add_get(PATH_MULTI_PRICE, multi_price, name="multi_price")
     return app

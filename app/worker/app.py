@@ -9,10 +9,12 @@ skipped by Faust's deserializer; outputs and table changelogs use the registered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,9 @@ class WorkerMetrics:
         self.snapshots_out = Counter("observer_scanner_snapshots", "Snapshots published by the scanner", registry=r)
         self.slots_used = Gauge("observer_worker_slots_used", "Slots held", registry=r)
         self.pending = Gauge("observer_worker_slot_pending", "Inputs waiting for the watermark", registry=r)
+        self.agent_crashes = Counter(
+            "observer_worker_agent_crashes", "Agent crashes (Faust restarts the agent)", ["agent"], registry=r
+        )
 
 
 US = 1_000_000
@@ -257,8 +262,24 @@ def create_app(settings: Settings) -> faust.App:
         highwater = highwater_of(tp)
         return highwater is not None and offset + 1 >= highwater
 
+    @contextlib.contextmanager
+    def crash_counted(agent: str) -> Iterator[None]:
+        """Faust restarts a crashed agent from its last commit: count the crash and show it in the health view,
+        or a crash loop would pass for a healthy worker."""
+        try:
+            yield
+        except Exception as exc:
+            metrics.agent_crashes.labels(agent).inc()
+            view_state.crashes[agent] = (time.monotonic(), f"{type(exc).__name__}: {exc}"[:300])
+            log.exception("%s crashed; Faust restarts it from its last committed offsets", agent)
+            raise
+
     @app.agent(observations_topic)
     async def surge_agent(stream: Any) -> None:
+        with crash_counted("surge_agent"):
+            await surge_batches(stream)
+
+    async def surge_batches(stream: Any) -> None:
         # A batch at a time: each symbol's windows are decoded and encoded once per batch; their changelog
         # records go out at the next commit (DeferredChangelog), before its offsets.
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
@@ -377,7 +398,8 @@ def create_app(settings: Settings) -> faust.App:
                 return True
             m.add(value["source"], value["event_time_us"], candidate_of(value))
         elif kind == "progress":
-            m.advance(value["source"], value["event_time_us"])
+            if value["event_time_us"] > 0:  # 0: a partition with an empty log, nothing seen yet
+                m.advance(value["source"], value["event_time_us"])
             if value["at_log_end"] and settings.slot_release_at_log_end:
                 at_log_end.add(value["source"])
             else:
@@ -386,6 +408,10 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(slot_inputs)
     async def slot_manager_agent(stream: Any) -> None:
+        with crash_counted("slot_manager_agent"):
+            await slot_manager_batches(stream)
+
+    async def slot_manager_batches(stream: Any) -> None:
         # Decides after every input, as the inputs arrive; the state is stored once per batch, and goes to
         # the changelog at the next commit (DeferredChangelog), before its offsets.
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
@@ -500,7 +526,9 @@ def install_scanner(app: faust.App, settings: Settings, metrics: WorkerMetrics, 
         requests_per_second=settings.kis_rest_requests_per_second,
         max_retries=2,  # the next poll is the retry; a stuck poll would only delay it
     )
-    scanner = Scanner(rest, settings.scanner_rankings, settings.scanner_watchlist)
+    scanner = Scanner(
+        rest, settings.scanner_rankings, settings.scanner_watchlist, price_call=settings.scanner_price_call
+    )
     opened: list[bool] = []
 
     @app.timer(interval=settings.scanner_interval_s, on_leader=True)  # type: ignore[untyped-decorator]

@@ -31,6 +31,12 @@ class WorkerState:
     windows: Callable[[str], dict[str, Any] | None] = lambda symbol: None
     last_input_monotonic: float | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
+    # agent name -> (monotonic time, reason) of its last crash; Faust restarts a crashed agent, so without
+    # this a crash loop would look healthy.
+    crashes: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+CRASH_UNHEALTHY_S = 60.0  # a crash this recent makes the worker report "failing"
 
 
 def counters(registry: CollectorRegistry) -> dict[str, float]:
@@ -74,7 +80,11 @@ def slots_view(manager: SlotManager | None) -> dict[str, Any]:
 
 def health_view(state: WorkerState, assigned: int, rebalancing: bool) -> tuple[dict[str, Any], int]:
     idle = None if state.last_input_monotonic is None else time.monotonic() - state.last_input_monotonic
-    if rebalancing:
+    now = time.monotonic()
+    recent = {name: reason for name, (at, reason) in state.crashes.items() if now - at < CRASH_UNHEALTHY_S}
+    if recent:
+        status = "failing"
+    elif rebalancing:
         status = "rebalancing"
     elif assigned == 0:
         status = "starting"
@@ -85,6 +95,7 @@ def health_view(state: WorkerState, assigned: int, rebalancing: bool) -> tuple[d
         "assigned_partitions": assigned,
         "seconds_since_last_input": None if idle is None else round(idle, 3),
         "uptime_s": round(time.monotonic() - state.started_monotonic, 1),
+        "crashed_agents": recent,
     }
     return doc, 200 if status == "ok" else 503
 
