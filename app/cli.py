@@ -129,23 +129,20 @@ def stack_consumer_groups(ctx: click.Context) -> None:
     """Kafka's own kafka-consumer-groups tool on the local broker, from the installed jars: e.g.
     `observer stack consumer-groups --describe --group G` prints each partition's committed offset,
     end offset and LAG. Arguments go to the tool as they are; --bootstrap-server is added."""
-    from app.stack.kafka import LocalKafka
+    from app.stack.kafka import LocalKafka, kafka_tool_command
 
     s = _settings(ctx)
     kafka = LocalKafka(s)
     if not kafka.installed():
         raise click.ClickException("Kafka is not installed: run observer stack install")
-    cmd = [
-        "java",
-        "-Xmx256m",
-        f"-Dlog4j2.configurationFile={kafka.log4j_file}",
-        "-cp",
-        f"{kafka.lib_dir}/*",
+    # Its log goes where the broker's does (a tool without kafka.logs.dir would log into the current directory).
+    cmd = kafka_tool_command(
+        s,
         "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
         "--bootstrap-server",
         s.bootstrap_servers,
         *ctx.args,
-    ]
+    )
     import subprocess
 
     ctx.exit(subprocess.run(cmd, check=False).returncode)
@@ -298,9 +295,11 @@ def kis_decode(source: Any) -> None:
 @click.option("--rest-slow-ms", default=0, type=int, help="Delay added to every REST response.")
 @click.option("--pingpong-interval", default=100.0, show_default=True, type=float, help="PINGPONG every N wall s.")
 @click.option("--progress-every", default=10.0, show_default=True, type=float, help="Progress line every N s.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0 in a container).")
 @click.pass_context
 def sim(
     ctx: click.Context,
+    host: str,
     seed: int,
     date_: str | None,
     start: str,
@@ -357,6 +356,7 @@ def sim(
         surges=surge_specs,
         random_surges=random_surges,
         rate_scale=rate_scale,
+        host=host,
         rest_port=s.sim_rest_port if rest_port is None else rest_port,
         ws_port=s.sim_ws_port if ws_port is None else ws_port,
         app_key_ids=app_key_ids,
@@ -787,6 +787,34 @@ def demo(
 
 
 # ------------------------------------------------------------------------------------------- smoke
+
+
+@cli.command()
+@click.option(
+    "--url",
+    envvar="OBSERVER_HEALTHCHECK_URL",
+    required=True,
+    help="The process's health or metrics URL (env OBSERVER_HEALTHCHECK_URL; the image's services set it).",
+)
+@click.option("--timeout", "timeout_s", type=float, default=4.0, show_default=True)
+def healthcheck(url: str, timeout_s: float) -> None:
+    """Exit 0 if URL answers HTTP 200 within the timeout, 1 otherwise (the container health check).
+
+    The worker's /api/health is 200 only while its partitions are assigned and no agent crashed in the last
+    minute; the sink's and bridge's /metrics answer while their process serves."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        raise click.ClickException(f"{url}: {exc}") from exc
+    if status != 200:
+        raise click.ClickException(f"{url}: HTTP {status}")
+    click.echo(f"{url}: ok")
 
 
 @cli.command()

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # KIS endpoints. Default: the local simulator (`observer sim`). Real KIS: https://openapi.koreainvestment.com:9443
     # and ws://ops.koreainvestment.com:21000 (paper: :29443 and :31000), with credentials from the environment.
     kis_rest_url: str = "http://127.0.0.1:18443"
+    # The KIS URLs point at the simulator on another host (a container): use its public, derived credentials.
+    kis_simulator: bool = False
     kis_ws_url: str = "ws://127.0.0.1:18000"
     sim_rest_port: int = Field(default=18443, ge=0, le=65535)
     sim_ws_port: int = Field(default=18000, ge=0, le=65535)
@@ -62,6 +64,7 @@ class Settings(BaseSettings):
     # The bridge (one process per KIS app key).
     bridge_app_key_id: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     bridge_metrics_port: int = Field(default=19101, ge=0, le=65535)
+    bridge_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for a scraper in another one
     bridge_journal_max_bytes: int = Field(default=2 * 2**30, gt=0)
     bridge_watchdog_s: float = Field(default=60.0, gt=0)
     bridge_watchdog_always: bool = False

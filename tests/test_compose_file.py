@@ -196,7 +196,19 @@ def test_images_match_the_local_stack(compose: dict[str, Any]) -> None:
     assert tag.split(".")[0] == "15", f"PostgreSQL must be 15, as in the local stack, got {tag!r}"
 
 
-@pytest.mark.parametrize(("service", "probe"), [("kafka", "kafka-broker-api-versions.sh"), ("postgres", "pg_isready")])
+@pytest.mark.parametrize(
+    ("service", "probe"),
+    [
+        ("kafka", "kafka-broker-api-versions.sh"),
+        ("postgres", "pg_isready"),
+        ("bridge", "observer healthcheck"),
+        ("worker", "observer healthcheck"),
+        ("sink", "observer healthcheck"),
+        ("prometheus", "/-/ready"),
+        ("alertmanager", "/-/ready"),
+        ("grafana", "/api/health"),
+    ],
+)
 def test_services_have_real_healthchecks(compose: dict[str, Any], service: str, probe: str) -> None:
     check = compose["services"][service].get("healthcheck")
     assert check, f"{service} has no healthcheck"
@@ -281,3 +293,58 @@ def test_topics_job_is_opt_in_and_waits_for_kafka(compose: dict[str, Any]) -> No
     assert topics["command"][-2:] == ["topics", "apply"]
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert env_of(topics)["OBSERVER_KAFKA_BOOTSTRAP"] == "kafka:9092"
+
+
+APP_SERVICES = {"sim", "bridge", "worker", "sink"}
+MONITORING_SERVICES = {"prometheus", "alertmanager", "grafana"}
+
+
+def test_the_observer_services_run_the_project_image_in_the_app_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in APP_SERVICES:
+        assert services[name]["image"] == "krx-observer:latest" and services[name]["build"] == "."
+        assert services[name]["profiles"] == ["app"], f"{name} needs the image: keep it out of a plain `up`"
+        assert services[name]["command"][0] == name
+    for name in ("bridge", "worker", "sink"):
+        waits = services[name]["depends_on"]
+        assert waits["topics"]["condition"] == "service_completed_successfully", f"{name} starts before its topics"
+        assert waits["kafka"]["condition"] == "service_healthy"
+    assert services["sink"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "replicas" not in services["bridge"].get("deploy", {}), "one bridge per app key: KIS allows one session"
+
+
+def test_each_health_check_url_is_the_port_its_process_serves(compose: dict[str, Any]) -> None:
+    ports = {
+        "bridge": Settings.model_fields["bridge_metrics_port"].default,
+        "worker": Settings.model_fields["worker_web_port"].default,
+        "sink": Settings.model_fields["sink_web_port"].default,
+    }
+    for name, port in ports.items():
+        env = env_of(compose["services"][name])
+        assert env["OBSERVER_HEALTHCHECK_URL"].startswith(f"http://127.0.0.1:{port}/"), name
+        host = {"bridge": "OBSERVER_BRIDGE_METRICS_HOST", "worker": "OBSERVER_WORKER_WEB_HOST"}.get(name)
+        if host:
+            assert env[host] == "0.0.0.0", f"{name} must listen beyond loopback for Prometheus's container"
+
+
+def test_no_credential_is_written_into_the_compose_file() -> None:
+    text = COMPOSE_FILE.read_text()
+    for name in ("OBSERVER_KIS_APP_KEY:", "OBSERVER_KIS_APP_SECRET:", "appsecret", "appkey"):
+        assert name not in text
+
+
+def test_monitoring_is_opt_in_and_mounts_the_checked_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in MONITORING_SERVICES:
+        assert services[name]["profiles"] == ["monitoring"]
+        for volume in services[name].get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+    scrape = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus-compose.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape["scrape_configs"]}
+    assert targets == {
+        "observer-bridge": f"bridge:{Settings.model_fields['bridge_metrics_port'].default}",
+        "observer-worker": f"worker:{Settings.model_fields['worker_web_port'].default}",
+        "observer-sink": f"sink:{Settings.model_fields['sink_web_port'].default}",
+    }

@@ -233,11 +233,12 @@ def simulator_credentials(app_key_id: str) -> KisCredentials:
 
 
 def choose_credentials(settings: Settings, env: Mapping[str, str]) -> KisCredentials:
-    """Real credentials when configured; the simulator's fake ones only for a loopback KIS."""
+    """Real credentials when configured; the simulator's fake ones only for a loopback KIS or with
+    ``OBSERVER_KIS_SIMULATOR`` set."""
     if any(k in env for k in ("OBSERVER_KIS_APP_KEY", "OBSERVER_KIS_APP_SECRET", "OBSERVER_KIS_SECRETS_FILE")):
         return load_credentials(env, None, app_key_id=settings.bridge_app_key_id)
     host = urlsplit(settings.kis_rest_url).hostname or ""
-    if host in ("127.0.0.1", "localhost", "::1"):
+    if settings.kis_simulator or host in ("127.0.0.1", "localhost", "::1"):
         return simulator_credentials(settings.bridge_app_key_id)
     raise ConfigError(
         f"no KIS credentials for {settings.kis_rest_url}: set OBSERVER_KIS_APP_KEY and "
