@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -172,6 +173,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         }
     )
     run = DemoRun(stamp, day, settings, home, f"http://127.0.0.1:{ports['worker']}/", options.speed)
+    write_scrape_targets(base.demo_root / SCRAPE_TARGETS_FILE, ports)
     t0 = time.monotonic()
     await apply_topics(settings)
     env = {
@@ -265,6 +267,21 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
     run.wall_s = time.monotonic() - started
     run.stages_s = stages
     return run
+
+
+SCRAPE_TARGETS_FILE = "prometheus-targets.json"
+
+
+def write_scrape_targets(path: Path, ports: dict[str, int]) -> None:
+    """Prometheus file_sd targets of this run's processes (jobs as in monitoring/prometheus/prometheus.yml), so
+    a Prometheus pointed at ``OBSERVER_DEMO_ROOT/prometheus-targets.json`` scrapes whichever ports it got."""
+    groups = [
+        {"targets": [f"127.0.0.1:{ports[role]}"], "labels": {"job": f"observer-{role}"}}
+        for role in ("bridge", "worker", "sink")
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(groups))
+    tmp.replace(path)  # Prometheus watches the file: it must never see half of it
 
 
 def summary_table(run: DemoRun) -> list[str]:

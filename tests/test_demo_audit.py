@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,17 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+import yaml
 from procs import OBSERVER
 from psycopg import sql
 
 from app.config import Settings
-from app.runs import committed_offsets
+from app.demo import SCRAPE_TARGETS_FILE
+from app.runs import committed_offsets, free_port
 from app.sink.archive import COMMIT_FILE
 from app.topics import delete_topics
+
+RULES = Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "rules.yml"
 
 # The demo (about a minute) runs once for the module, inside the first test's time; each replay takes another.
 pytestmark = pytest.mark.timeout(900)
@@ -34,11 +40,84 @@ def run_observer(args: list[str], env: dict[str, str], timeout_s: float) -> subp
 
 
 @pytest.fixture(scope="module")
-def demo_day(
-    stack: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
-    """One demo run (its summary, and the environment that points the CLI at its topics, schema and files)."""
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
+    (root / "demo").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def prometheus(demo_root: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's package) scraping the demo's processes every second, with the project's
+    rules evaluated every second; its base URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "the scrape test needs Debian's prometheus package (.ci/run installs it)"
+    home = demo_root / "prometheus"
+    home.mkdir()
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+    (home / "rules.yml").write_text(yaml.safe_dump(rules))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yml"],
+        "scrape_configs": [
+            {
+                "job_name": "observer",  # each target's own job label (observer-bridge, ...) replaces this
+                "file_sd_configs": [
+                    {"files": [str(demo_root / "demo" / SCRAPE_TARGETS_FILE)], "refresh_interval": "1s"}
+                ],
+            }
+        ],
+    }
+    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (home / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not prom_ready(url):
+            assert proc.poll() is None, (home / "prometheus.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "Prometheus not ready within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def prom_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def prom_query(url: str, expr: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as response:
+        doc = orjson.loads(response.read())
+    assert doc["status"] == "success", doc
+    result: list[dict[str, Any]] = doc["data"]["result"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_day(stack: Settings, demo_root: Path, prometheus: str) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """One demo run (its summary, and the environment that points the CLI at its topics, schema and files)."""
+    root = demo_root
     env = {**os.environ, "OBSERVER_DEMO_ROOT": str(root / "demo"), "OBSERVER_REPLAY_ROOT": str(root / "replay")}
     # A shorter morning than the README's, at the same speed: the same code path in a third of the time.
     demo = run_observer(["demo", "--until", "10:00", "--json", "--keep-stack"], env, timeout_s=600)
@@ -310,3 +389,40 @@ def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(
     assert missing_line.returncode == 1
     assert f"ticks: {expected - 1} distinct JSONL lines, {expected} expected from Kafka" in missing_line.stdout
     assert "PostgreSQL rows" in missing_line.stdout
+
+
+def test_a_real_prometheus_scraped_the_demo_and_its_ratio_rule_says_everything_was_saved(
+    demo_day: tuple[dict[str, Any], dict[str, str]], prometheus: str
+) -> None:
+    """What Prometheus scraped matches the demo's own counts, and the recording rule the alert uses puts the
+    receive-to-persist ratio at 100 % for both stores (the processes are gone by now: range functions still
+    see their last samples)."""
+    summary, _ = demo_day
+    parsed = "sum(max_over_time(observer_bridge_records_parsed_total[15m]))"
+    rows = 'sum(max_over_time(observer_sink_rows_total{table="ticks"}[15m]))'
+    deadline = time.monotonic() + 60
+    while True:
+        ratio = {
+            r["metric"]["store"]: float(r["value"][1])
+            for r in prom_query(prometheus, "observer:receive_to_persist:ratio15m")
+        }
+        got = [prom_query(prometheus, q) for q in (parsed, rows)]
+        if set(ratio) == {"jsonl", "postgres"} and all(got):
+            break
+        assert time.monotonic() < deadline, f"no ratio from Prometheus within 60 s: {ratio}, {got}"
+        time.sleep(0.5)
+    assert float(got[0][0]["value"][1]) == summary["records_parsed"] > 0, "Prometheus saw the bridge's final count"
+    assert float(got[1][0]["value"][1]) == summary["postgres_rows"], "and the sink's"
+    for store, value in ratio.items():
+        assert 0.99 <= value <= 1.01, f"{store}: receive-to-persist {value}"
+    # The alert's own condition on these data: nothing under 99 %; with the bar raised past 100 %, both stores.
+    alert = next(
+        r["expr"]
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ObserverReceiveToPersistBelow99"
+    )
+    condition = alert.split(" and on()")[0]
+    assert condition == "observer:receive_to_persist:ratio15m < 0.99"
+    assert prom_query(prometheus, condition) == []
+    assert len(prom_query(prometheus, condition.replace("0.99", "1.01"))) == 2

@@ -251,7 +251,9 @@ def test_every_kind_of_record_reaches_jsonl_and_postgres_once(
     try:
         wait_for("all ticks in Postgres", lambda: pg_count(settings, pg_schema, "ticks") == len(ticks), sink=sink)
         wait_for("the release in Postgres", lambda: pg_count(settings, pg_schema, "slot_decisions") == 2, sink=sink)
-        wait_for("no lag", lambda: sink.metrics().get('observer_sink_lag{topic="kis.ticks.raw"}') == 0, sink=sink)
+        wait_for(
+            "no lag", lambda: sink.metrics().get('observer_sink_lag_records{topic="kis.ticks.raw"}') == 0, sink=sink
+        )
         metrics = wait_for(
             "the DLQ count",
             lambda: (m := sink.metrics()).get('observer_sink_dead_letters_total{reason="invalid"}') and m,

@@ -371,9 +371,9 @@ def test_partitions_read_to_their_end_do_not_hold_decisions_back(isolated: Setti
             worker.wait_metric(surges, len(SURGING), deadline_s=90)
             if at_end == "true":
                 worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=60)
-                worker.wait_metric("observer_worker_slot_pending", 0, deadline_s=30)
+                worker.wait_metric("observer_worker_slot_pending_inputs", 0, deadline_s=30)
             else:
-                worker.wait_metric("observer_worker_slot_pending", len(SURGING), deadline_s=30)
+                worker.wait_metric("observer_worker_slot_pending_inputs", len(SURGING), deadline_s=30)
                 assert worker.metric('observer_worker_slot_decisions_total{action="assign"}') == 0
         finally:
             assert worker.stop() == 0
@@ -421,7 +421,7 @@ def test_the_scanner_lets_a_symbol_without_a_slot_surge_on_snapshots(isolated: S
         assert worker.stop() == 0
     snapshots = [default_codec().decode(v)[1] for v in asyncio.run(read_raw(isolated, isolated.topic("kis.snapshots")))]
     assert snapshots and all(s["business_date"] == DAY for s in snapshots)
-    assert {s["source"] for s in snapshots} == {"volume_rank", "inquire_price"}
+    assert {s["source"] for s in snapshots} == {"volume_rank", "multi_price"}
 
 
 def decisions_and_overflow(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.kis.credentials import choose_credentials
 from app.kis.rest import KisRestClient
 from app.krx import is_continuous_trading
+from app.observability import with_process_metrics
 from app.records import default_codec
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ async def run_bridge(
     if port:
         from prometheus_client import start_http_server
 
-        http_server, _thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+        http_server, _thread = start_http_server(
+            port, addr=settings.bridge_metrics_host, registry=with_process_metrics(metrics.registry)
+        )
     own_stop = stop is None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

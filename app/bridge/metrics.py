@@ -42,6 +42,9 @@ class BridgeMetrics:
             "observer_bridge_journal_records", "Records waiting in the local journal", registry=r
         )
         self.journal_bytes = Gauge("observer_bridge_journal_bytes", "Bytes waiting in the local journal", registry=r)
+        self.journal_capacity = Gauge(
+            "observer_bridge_journal_capacity_bytes", "Waiting bytes at which the journal is full", registry=r
+        )
         self.journal_full = Counter(
             "observer_bridge_journal_full", "Times the journal was full (ingest paused)", registry=r
         )

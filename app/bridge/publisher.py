@@ -57,6 +57,7 @@ class Publisher:
         self.config = config
         self.journal = journal
         self.metrics = metrics
+        metrics.journal_capacity.set(journal.max_bytes)
         self.mode = Mode.SPILL if len(journal) else Mode.DIRECT  # leftovers of a previous run go first
         self._producer: Any = None
         self._queue: deque[JournalRecord] = deque()

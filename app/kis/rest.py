@@ -70,12 +70,16 @@ _RATE_LIMITED = "EGW00201"
 _TOKEN_THROTTLED = "EGW00133"
 _NOT_RETRYABLE = frozenset({"EGW00103", "EGW00105", "EGW00121", "EGW00123", "EGW00133", "EGW00205", "EGW00208"})
 
-REQUESTS = PromCounter("kis_rest_requests", "KIS REST requests sent, by endpoint and outcome", ["endpoint", "outcome"])
-RETRIES = PromCounter("kis_rest_retries", "KIS REST requests retried, by endpoint and reason", ["endpoint", "reason"])
-ERRORS = PromCounter(
-    "kis_rest_errors", "KIS REST calls that failed for good (KisApiError raised), by endpoint", ["endpoint"]
+REQUESTS = PromCounter(
+    "observer_kis_rest_requests", "KIS REST requests sent, by endpoint and outcome", ["endpoint", "outcome"]
 )
-TOKEN_ISSUES = PromCounter("kis_rest_token_requests", "POST /oauth2/tokenP sent, by outcome", ["outcome"])
+RETRIES = PromCounter(
+    "observer_kis_rest_retries", "KIS REST requests retried, by endpoint and reason", ["endpoint", "reason"]
+)
+ERRORS = PromCounter(
+    "observer_kis_rest_errors", "KIS REST calls that failed for good (KisApiError raised), by endpoint", ["endpoint"]
+)
+TOKEN_ISSUES = PromCounter("observer_kis_rest_token_requests", "POST /oauth2/tokenP sent, by outcome", ["outcome"])
 
 
 class KisApiError(Exception):

@@ -18,13 +18,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.config import ConfigError, Settings
 from app.kafka_read import PartitionRange, new_reader, read_ranges
+from app.observability import with_process_metrics
 from app.records import dead_letter_record, default_codec
 from app.sink.archive import JsonlArchive
 from app.sink.render import KINDS
 from app.sink.slot_history import DecisionReader
 from app.sink.writer import InputRecord, PgConnection, SinkMetrics, SinkWriter
-from app.worker.codecs import codec_name, register_avro_codecs
-from app.worker.transport import ObserverApp
+from app.worker.codecs import codec_name
+from app.worker.transport import new_observer_app
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,13 @@ def sink_inputs(settings: Settings) -> list[str]:
 
 
 def create_sink_app(settings: Settings) -> faust.App:
-    register_avro_codecs()
-    app_id = f"{settings.topic_prefix}{settings.sink_app_id}"
-    datadir = settings.home / "sink" / app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = ObserverApp(
-        app_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
-        store="memory://",
-        datadir=str(datadir),
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
+    app = new_observer_app(
+        settings,
+        "sink",
+        settings.sink_app_id,
+        settings.sink_web_host,
+        settings.sink_web_port,
         stream_buffer_maxsize=max(4096, 2 * settings.sink_batch_max),
-        web_host=settings.sink_web_host,
-        web_port=settings.sink_web_port,
-        web_bind=settings.sink_web_host,
-        web_transport="tcp://",
     )
     codec = default_codec()
     metrics = SinkMetrics(CollectorRegistry())
@@ -82,7 +72,7 @@ def create_sink_app(settings: Settings) -> faust.App:
     inputs = app.topic(*kinds, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(settings.topic("kis.dlq"), key_serializer="raw", value_serializer=codec_name("DeadLetter"))
     reader = DecisionReader(settings.bootstrap_servers, settings.topic("slot.decisions"), codec)
-    pg = PgConnection(settings.postgres_dsn, settings.pg_schema, app_id)
+    pg = PgConnection(settings.postgres_dsn, settings.pg_schema, app.conf.id)
     started: list[bool] = []
 
     async def start_reader() -> None:
@@ -148,7 +138,9 @@ def create_sink_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+        return web.bytes(
+            generate_latest(with_process_metrics(metrics.registry)), content_type="text/plain; version=0.0.4"
+        )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(app: Any, **kwargs: Any) -> None:

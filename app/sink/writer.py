@@ -77,7 +77,7 @@ class SinkMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
-        self.lag = Gauge("observer_sink_lag", "Records in Kafka not yet in both stores", ["topic"], registry=r)
+        self.lag = Gauge("observer_sink_lag_records", "Records in Kafka not yet in both stores", ["topic"], registry=r)
         self.file_bytes = Gauge("observer_sink_file_bytes", "Committed bytes of the newest file", ["file"], registry=r)
 
 

@@ -28,13 +28,14 @@ from app.config import Settings
 from app.kis.credentials import choose_credentials
 from app.kis.rest import KisRestClient
 from app.krx import is_trading_day
+from app.observability import with_process_metrics
 from app.records import CodecError, dead_letter_record, default_codec
 from app.scanner import Scanner
 from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
 from app.slots.policy import Candidate, Decision, SlotPolicy
 from app.surge.rule import Observation, Surge, SurgeRule, SymbolWindows, observe
-from app.worker.codecs import codec_name, register_avro_codecs
-from app.worker.transport import DeferredChangelog, ObserverApp
+from app.worker.codecs import codec_name
+from app.worker.transport import DeferredChangelog, new_observer_app
 from app.worker.views import WorkerState, counters, health_view, slots_view, status_page
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class WorkerMetrics:
         self.scanner_polls = Counter("observer_scanner_polls", "Scanner polls", ["outcome"], registry=r)
         self.snapshots_out = Counter("observer_scanner_snapshots", "Snapshots published by the scanner", registry=r)
         self.slots_used = Gauge("observer_worker_slots_used", "Slots held", registry=r)
-        self.pending = Gauge("observer_worker_slot_pending", "Inputs waiting for the watermark", registry=r)
+        self.pending = Gauge("observer_worker_slot_pending_inputs", "Inputs waiting for the watermark", registry=r)
         self.agent_crashes = Counter(
             "observer_worker_agent_crashes", "Agent crashes (Faust restarts the agent)", ["agent"], registry=r
         )
@@ -138,26 +139,14 @@ def refusal_of(event: dict[str, Any]) -> Refusal | None:
 
 
 def create_app(settings: Settings) -> faust.App:
-    register_avro_codecs()
-    app_id = f"{settings.topic_prefix}{settings.worker_app_id}"
-    datadir = settings.home / "worker" / app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = ObserverApp(
-        app_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
-        store="memory://",  # state lives in changelog topics and is rebuilt from them at start
-        datadir=str(datadir),
+    app = new_observer_app(
+        settings,
+        "worker",
+        settings.worker_app_id,
+        settings.worker_web_host,
+        settings.worker_web_port,
         topic_partitions=12,
         topic_replication_factor=1,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        # A killed worker's partitions move after this long (Faust's default is a minute).
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
-        web_host=settings.worker_web_host,
-        web_port=settings.worker_web_port,
-        web_bind=settings.worker_web_host,
-        web_transport="tcp://",
     )
     metrics = WorkerMetrics(CollectorRegistry())
     view_state = WorkerState(metrics.registry)
@@ -462,7 +451,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+        return web.bytes(
+            generate_latest(with_process_metrics(metrics.registry)), content_type="text/plain; version=0.0.4"
+        )
 
     def windows_of(symbol: str) -> dict[str, Any] | None:
         found = {}

@@ -28,6 +28,9 @@ from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app.config import Settings
+from app.worker.codecs import register_avro_codecs
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +74,33 @@ class ObserverApp(faust.App):
 
     def _new_transport(self) -> Any:
         return InputSafeTransport(self.conf.broker_consumer, self)
+
+
+def new_observer_app(
+    settings: Settings, role: str, app_name: str, web_host: str, web_port: int, **options: Any
+) -> ObserverApp:
+    """The Faust app of a role ("worker", "sink"): the id is the topic prefix plus ``app_name``; Avro codecs
+    registered; in-memory stores rebuilt from changelogs; every send acknowledged by all replicas; a killed
+    process's partitions move after 10 s (Faust's default is a minute)."""
+    register_avro_codecs()
+    app_id = f"{settings.topic_prefix}{app_name}"
+    datadir = settings.home / role / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return ObserverApp(
+        app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",  # state lives in changelog topics and is rebuilt from them at start
+        datadir=str(datadir),
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        web_host=web_host,
+        web_port=web_port,
+        web_bind=web_host,
+        web_transport="tcp://",
+        **options,
+    )
 
 
 class DeferredChangelog:
