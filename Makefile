@@ -12,10 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Python packages, Kafka jars (Maven), PostgreSQL 15 (Debian packages), the Compose schema for tests.
+# Python packages, Kafka jars (Maven), PostgreSQL 15 (Debian packages), the Compose schema, kustomize and CRDs for tests.
 setup: $(VENV)/.installed
 	$(BIN)/observer stack install
 	bash scripts/fetch_compose_schema.sh
+	bash scripts/install_k8s_tools.sh
 
 # The main job on the simulator: stack, simulator, bridge, worker and sink for a simulated KRX morning in
 # about a minute, then the audit of the day. DEMO_ARGS=--json for the summary as JSON.

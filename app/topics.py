@@ -215,3 +215,32 @@ async def delete_topics(settings: Settings, names: list[str] | None = None) -> N
             await admin.delete_topics(doomed, timeout_ms=30000)
     finally:
         await admin.close()
+
+
+def strimzi_topics(
+    specs: dict[str, TopicSpec], cluster: str, replicas: int, min_insync_replicas: int
+) -> list[dict[str, Any]]:
+    """The catalogue as Strimzi ``KafkaTopic`` resources for the Kafka cluster ``cluster`` (k8s/base/kafka-topics.yaml
+    is this, rendered by ``observer topics strimzi``; a test fails when the two drift apart)."""
+    return [
+        {
+            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "kind": "KafkaTopic",
+            "metadata": {
+                "name": spec.name,
+                "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "krx-observer"},
+                "annotations": {"krx-observer/key": spec.key, "krx-observer/value": spec.value},
+            },
+            "spec": {
+                "topicName": spec.name,
+                "partitions": spec.partitions,
+                "replicas": replicas,
+                "config": {
+                    "retention.ms": spec.retention_ms,
+                    "cleanup.policy": spec.cleanup_policy,
+                    "min.insync.replicas": min(min_insync_replicas, replicas),
+                },
+            },
+        }
+        for spec in specs.values()
+    ]
