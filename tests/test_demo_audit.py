@@ -358,6 +358,7 @@ def test_demo_accounts_for_every_trade_and_audit_catches_a_missing_row_or_line(
         > 10_000
     )
     assert summary["receive_to_persist"] == 1.0 and summary["unaccounted"] == []
+    assert summary["simulated_until"] >= "10:00:00", "the whole morning was delivered, however slow the machine"
     assert summary["dead_letters"] > 0 and set(summary["dead_letters_by_reason"]) == {"bad_number"}
     assert summary["surges"] > 0 and summary["slot_assigns"] >= 6, "the bootstrap and some surges"
 

@@ -54,6 +54,7 @@ class Ledger:
     drops: int = 0
     trades_generated: int = 0
     sim_time_us: int = 0
+    delivered_until_us: int = 0  # every trade before this simulated instant has been handed to its sessions
 
     def open_session(self, session: int, app_key_id: str, wall: float) -> SessionLedger:
         entry = SessionLedger(session=session, app_key_id=app_key_id, opened_wall=wall)

@@ -122,6 +122,7 @@ class KisSimulator:
             self.ledger.trades_generated += len(trades)
             self.ledger.sim_time_us = until
             await self.ws.deliver(trades)
+            self.ledger.delivered_until_us = until
             await self.ws.housekeeping()
             # Pace the simulator itself; nothing waits on this as synchronisation.
             await asyncio.sleep(self.config.tick_s)
