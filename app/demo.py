@@ -211,6 +211,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
             rest_port=ports["rest"],
             ws_port=ports["ws"],
             ws_faults=WsFaults(malformed_rate=options.malformed_rate, seed=options.seed),
+            trade_until_us=until_us,
         )
     )
     sim_stopped = False
@@ -241,11 +242,10 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
                 shown = time.monotonic()
                 echo(await _progress_line(sim, ports, started))
             await asyncio.sleep(0.2)
-        # The clock may be ahead of what the simulator has delivered (a slow machine, a busy bridge): stop the
-        # clock and let the deliveries catch up, so that the whole morning reaches the bridge.
-        sim.clock.pause()
-        run.simulated_until_us = sim.clock.now_us()
-        while sim.ledger.delivered_until_us < run.simulated_until_us:
+        # The clock may be ahead of what the simulator has delivered (a slow machine, a busy bridge): the
+        # market stops at the morning's end (trade_until_us), and the deliveries catch up to it.
+        run.simulated_until_us = until_us
+        while sim.ledger.delivered_until_us < until_us:
             procs.check()
             sim.check_driver()
             if time.monotonic() - shown >= 5:

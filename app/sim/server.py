@@ -52,6 +52,8 @@ class SimConfig:
     limits: WsLimits = field(default_factory=WsLimits)
     ws_faults: WsFaults = field(default_factory=WsFaults)
     rest_faults: RestFaults = field(default_factory=RestFaults)
+    # The market trades up to this simulated instant and no further (REST and sessions keep serving).
+    trade_until_us: int | None = None
 
 
 class KisSimulator:
@@ -118,6 +120,8 @@ class KisSimulator:
     async def _drive(self) -> None:
         while True:
             until = self.clock.now_us()
+            if self.config.trade_until_us is not None:
+                until = min(until, self.config.trade_until_us)
             trades = self.market.advance_to(until)
             self.ledger.trades_generated += len(trades)
             self.ledger.sim_time_us = until
