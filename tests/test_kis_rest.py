@@ -172,6 +172,11 @@ async def issue_token(http: aiohttp.ClientSession, base: str) -> str:
     return token
 
 
+def assert_invalid_param(status: int, doc: dict[str, Any], param: str) -> None:
+    """KIS's answer to a bad query parameter: HTTP 200, rt_cd 2, OPSQ2001 naming the parameter."""
+    assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (200, "2", "OPSQ2001", f"ERROR INVALID {param}")
+
+
 def quote_headers(token: str, tr: str, **override: str) -> dict[str, str]:
     headers = {
         "content-type": "application/json; charset=utf-8",
@@ -351,13 +356,7 @@ def test_inquire_price_envelope_and_fields(market: Market) -> None:
                 ({"FID_COND_MRKT_DIV_CODE": "Z", "FID_INPUT_ISCD": "005930"}, "FID_COND_MRKT_DIV_CODE"),
                 ({"FID_COND_MRKT_DIV_CODE": "J"}, "FID_INPUT_ISCD"),
             ):
-                status, doc = await get(http, url, params, headers)
-                assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (
-                    200,
-                    "2",
-                    "OPSQ2001",
-                    f"ERROR INVALID {bad}",
-                )
+                assert_invalid_param(*await get(http, url, params, headers), bad)
             assert app[REST_STATS].codes["inquire_price"]["MCA00000"] == 1
 
     asyncio.run(main())
@@ -403,13 +402,7 @@ def test_multi_price_answers_up_to_30_symbols_in_order_and_names_a_bad_pair(mark
                 (pairs(codes[:2], "Z"), "FID_COND_MRKT_DIV_CODE_1"),
                 ({}, "FID_INPUT_ISCD_1"),
             ):
-                status, doc = await get(http, url, params, headers)
-                assert (status, doc["rt_cd"], doc["msg_cd"], doc["msg1"]) == (
-                    200,
-                    "2",
-                    "OPSQ2001",
-                    f"ERROR INVALID {bad}",
-                )
+                assert_invalid_param(*await get(http, url, params, headers), bad)
             status, doc = await get(http, url, pairs(codes[:1]), quote_headers(token, "FHKST01010100"))
             assert doc["msg_cd"] == "OPSQ0002", "the multi-price path wants its own tr_id"
             assert app[REST_STATS].codes["multi_price"]["MCA00000"] == 2
@@ -454,15 +447,13 @@ def test_volume_rank_envelope_fields_order_and_required_params(market: Market) -
             assert doc["rt_cd"] == "0" and all(int(r["stck_prpr"]) >= 10000 for r in doc["output"])
             for param in RANK_PARAMS:
                 query = {k: v for k, v in RANK_QUERY.items() if k != param}
-                status, doc = await get(http, url, query, headers)
-                assert (status, doc["msg_cd"], doc["msg1"]) == (200, "OPSQ2001", f"ERROR INVALID {param}")
+                assert_invalid_param(*await get(http, url, query, headers), param)
             for param, value in (
                 ("FID_COND_SCR_DIV_CODE", "20170"),
                 ("FID_BLNG_CLS_CODE", "9"),
                 ("FID_COND_MRKT_DIV_CODE", "Q"),
             ):
-                status, doc = await get(http, url, {**RANK_QUERY, param: value}, headers)
-                assert doc["msg_cd"] == "OPSQ2001" and param in doc["msg1"]
+                assert_invalid_param(*await get(http, url, {**RANK_QUERY, param: value}, headers), param)
 
     asyncio.run(main())
 
