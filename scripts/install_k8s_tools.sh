@@ -3,6 +3,8 @@
 #   .local/bin/kustomize                 kustomize v5, built with the Go toolchain from the Go module proxy
 #   .local/schemas/crds/*.yaml           the Prometheus Operator's PodMonitor and PrometheusRule CRDs, from
 #                                        the prometheus-operator Go module (verified by Go's checksum database)
+#   .local/node/node_modules/...         Strimzi's KafkaTopic schema, compiled, from the npm package
+#                                        @kubernetes-models/strimzi-kafka-operator (run by Node)
 # Kubernetes' own resource schemas come from the kubernetes-validate package (dev extra).
 # Usage: bash scripts/install_k8s_tools.sh   (`make setup` runs it; does nothing when all is there)
 set -euo pipefail
@@ -10,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 KUSTOMIZE_VERSION="v5.5.0"
 PROMETHEUS_OPERATOR_VERSION="v0.76.0"
+STRIMZI_MODELS_VERSION="1.0.1"
 BIN=".local/bin"
 CRDS=".local/schemas/crds"
 mkdir -p "$BIN" "$CRDS"
@@ -33,5 +36,11 @@ if [ ! -s "$CRDS/monitoring.coreos.com_podmonitors.yaml" ] || [ ! -s "$CRDS/moni
     cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" "$CRDS/"
   done
   chmod -R u+w "$modcache" && rm -rf "$modcache"   # Go makes its cache read-only
+fi
+if [ ! -f ".local/node/node_modules/@kubernetes-models/strimzi-kafka-operator/_schemas/KafkaStrimziIoV1beta2KafkaTopic.js" ]; then
+  command -v npm >/dev/null || { echo "install_k8s_tools: npm is needed (apt-get install npm)" >&2; exit 1; }
+  echo "install_k8s_tools: fetching Strimzi's resource schemas (npm, @kubernetes-models/strimzi-kafka-operator)"
+  npm install --prefix .local/node "@kubernetes-models/strimzi-kafka-operator@$STRIMZI_MODELS_VERSION" \
+    --no-audit --no-fund --silent
 fi
 echo "install_k8s_tools: kustomize $KUSTOMIZE_VERSION in $BIN, CRDs in $CRDS"

@@ -7,6 +7,7 @@ kustomize and the CRDs. Each validator is shown to fail on a broken copy."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 KUSTOMIZE = ROOT / ".local" / "bin" / "kustomize"
 CRDS = ROOT / ".local" / "schemas" / "crds"
+NODE_MODULES = ROOT / ".local" / "node" / "node_modules"
+STRIMZI_VALIDATE = Path(__file__).resolve().parent / "strimzi_validate.mjs"
 K8S_VERSION = "1.31"
 INSTALL = "bash scripts/install_k8s_tools.sh"
 OPERATOR_KINDS = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}
@@ -53,12 +56,31 @@ def crd_validator(kind: str) -> Draft7Validator:
     return Draft7Validator(version["schema"]["openAPIV3Schema"])
 
 
+def strimzi_errors(docs: list[dict[str, Any]]) -> list[list[str]]:
+    """Errors of each KafkaTopic against Strimzi's v1beta2 schema (Node runs the package's compiled validator)."""
+    node = shutil.which("node")
+    assert node and NODE_MODULES.exists(), f"Node and Strimzi's schemas are needed: {INSTALL}"
+    result = subprocess.run(
+        [node, str(STRIMZI_VALIDATE), str(NODE_MODULES)],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    errors: list[list[str]] = json.loads(result.stdout)
+    return errors
+
+
 def problems(doc: dict[str, Any]) -> list[str]:
     """Schema errors of one rendered resource (empty when valid)."""
     kind = doc["kind"]
     if kind in OPERATOR_KINDS:
         return [e.message for e in crd_validator(kind).iter_errors(doc)]
     if kind == "KafkaTopic":
+        schema_errors = strimzi_errors([doc])[0]
+        if schema_errors:
+            return schema_errors
         expected = {t["metadata"]["name"]: t for t in strimzi_topics(load_topics(), "observer-kafka", 3, 2)}
         mine = copy.deepcopy(doc)
         mine["metadata"].pop("namespace", None)
@@ -122,6 +144,18 @@ def test_validation_bites_on_a_broken_resource(
     production: list[dict[str, Any]], breakage: Callable[[list[dict[str, Any]]], dict[str, Any]]
 ) -> None:
     assert problems(breakage(production)), f"{breakage.__name__} went unnoticed"
+
+
+def test_strimzis_schema_refuses_a_bad_topic_on_its_own(production: list[dict[str, Any]]) -> None:
+    topic = of_kind(production, "KafkaTopic")[0]
+    zero = copy.deepcopy(topic)
+    zero["spec"]["partitions"] = 0
+    text_replicas = copy.deepcopy(topic)
+    text_replicas["spec"]["replicas"] = "3"
+    good, bad_partitions, bad_replicas = strimzi_errors([topic, zero, text_replicas])
+    assert good == []
+    assert any("/spec/partitions minimum" in e for e in bad_partitions), bad_partitions
+    assert any("/spec/replicas type" in e for e in bad_replicas), bad_replicas
 
 
 def test_kustomize_refuses_a_kustomization_with_a_missing_resource(tmp_path: Path) -> None:
