@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint down status clean-state
+.PHONY: setup test-tools demo test lint down status clean-state
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,11 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Python packages, Kafka jars (Maven), PostgreSQL 15 (Debian packages), the Compose schema, kustomize and CRDs for tests.
+# Python packages, Kafka jars (Maven), PostgreSQL 15 (Debian packages), the Compose schema for tests.
 setup: $(VENV)/.installed
 	$(BIN)/observer stack install
 	bash scripts/fetch_compose_schema.sh
-	bash scripts/install_k8s_tools.sh
 
 # The main job on the simulator: stack, simulator, bridge, worker and sink for a simulated KRX morning in
 # about a minute, then the audit of the day. DEMO_ARGS=--json for the summary as JSON.
@@ -29,7 +28,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check app tests $(wildcard bench)
 	$(BIN)/mypy app
 
-test: setup lint
+# kustomize, the Prometheus Operator's CRDs and Strimzi's schemas, for tests/test_k8s.py only (Go and npm).
+test-tools:
+	bash scripts/install_k8s_tools.sh
+
+test: setup test-tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 status: $(VENV)/.installed

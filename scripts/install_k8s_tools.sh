@@ -6,7 +6,7 @@
 #   .local/node/node_modules/...         Strimzi's KafkaTopic schema, compiled, from the npm package
 #                                        @kubernetes-models/strimzi-kafka-operator (run by Node)
 # Kubernetes' own resource schemas come from the kubernetes-validate package (dev extra).
-# Usage: bash scripts/install_k8s_tools.sh   (`make setup` runs it; does nothing when all is there)
+# Usage: bash scripts/install_k8s_tools.sh   (`make test` runs it; does nothing when all is there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,7 @@
 """k8s/: rendered with kustomize (base and overlay), every resource validated: Kubernetes' own kinds against
 the API schemas (kubernetes-validate, strict: unknown fields are errors), PodMonitor and PrometheusRule
 against the Prometheus Operator's CRD schemas, KafkaTopic resources against what `observer topics strimzi`
-renders from topics/ (they must not drift). scripts/install_k8s_tools.sh (run by `make setup`) provides
+renders from topics/ (they must not drift). scripts/install_k8s_tools.sh (run by `make test`) provides
 kustomize and the CRDs. Each validator is shown to fail on a broken copy."""
 
 from __future__ import annotations
