@@ -34,6 +34,8 @@ from app.krx import KST
 from app.records import CodecError, default_codec
 from app.sink.archive import COMMIT_FILE
 from app.sink.render import KINDS, InvalidRecord, Kind, render
+from app.slots.check import SlotCheck, check_decisions
+from app.slots.policy import SlotPolicy
 
 MARGIN_MS = 3_600_000  # records stamped up to an hour outside the date are read and filtered by their own date
 
@@ -88,6 +90,7 @@ class DayAudit:
     undecodable_in_kafka: int = 0  # records in the window that cannot be read or written (no date to place them)
     unreadable_dead_lettered: int = 0  # of those, the ones the sink dead-lettered
     unreadable_dlq: int = 0  # records of kis.dlq no schema reads
+    slots: SlotCheck = field(default_factory=SlotCheck)  # the day's decisions replayed against the slot policy
 
     @property
     def ticks(self) -> KindCounts:
@@ -124,6 +127,7 @@ class DayAudit:
                 out.append(f"{name}: {k.jsonl_distinct} distinct JSONL lines, {expected_lines} expected from Kafka")
             if k.pg_rows != k.expected_rows:
                 out.append(f"{name}: {k.pg_rows} PostgreSQL rows, {k.expected_rows} expected from Kafka")
+        out += [f"slot policy violated: {v}" for v in self.slots.violations]
         return out
 
     def notes(self) -> list[str]:
@@ -179,6 +183,14 @@ class DayAudit:
             "unreadable_dead_lettered": self.unreadable_dead_lettered,
             "persisted": self.persisted,
             "ratio": self.ratio,
+            "slots": {
+                "decisions": self.slots.decisions,
+                "max_held": self.slots.max_held,
+                "shortest_eviction_dwell_s": None
+                if self.slots.shortest_dwell_us is None
+                else self.slots.shortest_dwell_us / 1e6,
+                "violations": self.slots.violations,
+            },
             "problems": self.problems(),
             "notes": self.notes(),
         }
@@ -205,6 +217,17 @@ class DayAudit:
                 if ratio is None
                 else f"{ratio:.4%} ({self.persisted:,} of {b.records_parsed or self.ticks.kafka_distinct:,})"
             )
+        )
+        sc = self.slots
+        held = ", ".join(f"{k} {n}" for k, n in sorted(sc.max_held.items())) or "none"
+        dwell = (
+            "no evictions"
+            if sc.shortest_dwell_us is None
+            else f"shortest eviction dwell {sc.shortest_dwell_us / 1e6:.0f} s"
+        )
+        lines.append(
+            f"  slot policy: {sc.decisions:,} decisions, most held at once {held}, {dwell}, "
+            f"{len(sc.violations)} violation(s)"
         )
         lines += [f"  note: {n}" for n in self.notes()]
         problems = self.problems()
@@ -304,6 +327,7 @@ async def collect_day(
     try:
         audit.bridge = await _bridge_counts(settings, reader, day)
         offsets_of_day: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> kind name
+        decisions: list[dict[str, Any]] = []
         sessions: set[str] = set()
         unreadable: set[tuple[str, int, int]] = set()
         for kind in KINDS.values():
@@ -335,6 +359,8 @@ async def collect_day(
                 if rendered.file is not None:
                     with_line.add(rendered.key)
                 _tally(kind, value, counts, sessions)
+                if kind.name == "decisions":
+                    decisions.append(value)
             counts.kafka_distinct = len(keys)
             counts.expected_lines = len(with_line)
         dlq = settings.topic("kis.dlq")
@@ -355,6 +381,7 @@ async def collect_day(
                     audit.unreadable_dead_lettered += 1
     finally:
         await reader.stop()
+    audit.slots = check_decisions(decisions, settings.slot_capacity, SlotPolicy().min_dwell_us)
     for name, pattern in JSONL_FILES.items():
         lines = _committed_lines(settings.data_root, pattern.format(d=day))
         audit.kinds[name].jsonl_lines = len(lines)

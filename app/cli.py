@@ -804,6 +804,51 @@ def demo(
         sys.exit(EXIT_FAILED)
 
 
+# -------------------------------------------------------------------------------------------- soak
+
+
+@cli.command()
+@click.option("--short", is_flag=True, help="The test suite's soak: 09:00-10:50 at 40x (about four minutes).")
+@click.option("--speed", default=None, type=float, help="Simulated seconds per wall second (default 39; 40 short).")
+@click.option("--peak-factor", default=None, type=float, help="Every trade rate x this in the peak (default 3.5).")
+@click.option("--seed", default=None, type=int, help="Market seed (default 7).")
+@click.option("--keep-stack", is_flag=True, help="Leave Kafka and PostgreSQL running even if the soak started them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def soak(
+    ctx: click.Context,
+    short: bool,
+    speed: float | None,
+    peak_factor: float | None,
+    seed: int | None,
+    keep_stack: bool,
+    as_json: bool,
+) -> None:
+    """A whole simulated KRX session (08:55-15:31 KST) under production's faults, in about ten minutes.
+
+    The demo's system (stack, simulator, bridge, worker, sink) at a realistic trade rate, then a peak of
+    at least three times the seed system's busiest hour, with bad frames all day and, on a schedule:
+    WebSocket drops, kill -9 of the worker and of the sink (restarted at once), the broker and PostgreSQL
+    restarted, a registration KIS keeps so that the bridge's next subscription is KIS's 42nd, and a burst
+    of surges in more symbols than the 41 slots. Then the audit of the day, the slot policy replayed from
+    the decisions, peak RSS per process and together, and latency percentiles (frame to Kafka ack, tick to
+    JSONL and PostgreSQL, surge to subscribe). The run is kept under .local/soak until the next one.
+    Exit status 1 if any check fails.
+    """
+    from dataclasses import replace
+
+    from app.soak import SoakOptions, run_soak, soak_table
+
+    s = _settings(ctx)
+    options = SoakOptions.short() if short else SoakOptions()
+    given = {"speed": speed, "peak_factor": peak_factor, "seed": seed}
+    changes: dict[str, Any] = {"keep_stack": keep_stack} | {k: v for k, v in given.items() if v is not None}
+    options = replace(options, **changes)
+    result = _run_tool(lambda echo: run_soak(s, options, echo), as_json, lambda r: r.summary(), soak_table)
+    if result.failures():
+        sys.exit(EXIT_FAILED)
+
+
 # ------------------------------------------------------------------------------------------- smoke
 
 

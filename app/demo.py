@@ -36,9 +36,45 @@ from app.runs import Processes, RunError, free_port, healthy, metric_sum, scrape
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults
 from app.sink.render import KINDS
+from app.stack.kafka import LocalKafka
+from app.stack.postgres import LocalPostgres
 from app.topics import apply_topics, delete_topics
 
 SCHEMA_PREFIX = "demo_"
+
+
+@dataclass
+class LiveDay:
+    """What a run's hooks may act on while the simulated day runs."""
+
+    sim: KisSimulator
+    procs: Processes
+    settings: Settings
+    ports: dict[str, int]
+    kafka: LocalKafka
+    pg: LocalPostgres
+    echo: Callable[[str], None]
+
+
+class DayHooks:
+    """What a run adds to the demo's day: the soak's schedule of faults and its measurements. The demo's own
+    hooks do nothing. ``every`` is called about five times a wall second while the market runs; it must not
+    block (a long fault runs as a task of its own)."""
+
+    def sim_config(self, config: SimConfig) -> SimConfig:
+        return config
+
+    def process_env(self) -> dict[str, str]:
+        return {}
+
+    async def every(self, day: LiveDay) -> None:
+        return None
+
+    async def market_closed(self, day: LiveDay) -> None:
+        """The market's last trade is delivered; the bridge is still running."""
+
+    async def drained(self, day: LiveDay) -> None:
+        """Both stores hold everything; the worker and sink are still running."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,7 @@ class DemoOptions:
     malformed_rate: float = 0.002  # some bad frames, so the dead-letter path shows in the summary
     keep_stack: bool = False
     drain_timeout_s: float = 180.0
+    name: str = "demo"  # the run's topic prefix "<name>-<stamp>.", schema "<name>_<stamp>"
 
 
 @dataclass
@@ -106,16 +143,14 @@ def _previous_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-async def remove_run(settings: Settings, run_dir: Path) -> None:
-    """A previous demo run's topics, schema and files."""
+async def remove_run(settings: Settings, run_dir: Path, name: str = "demo") -> None:
+    """A previous run's topics, schema and files."""
     stamp = run_dir.name
-    await delete_topics(settings.model_copy(update={"topic_prefix": f"demo-{stamp}."}))
+    await delete_topics(settings.model_copy(update={"topic_prefix": f"{name}-{stamp}."}))
     async with await psycopg.AsyncConnection.connect(
         settings.postgres_dsn, autocommit=True, connect_timeout=10
     ) as conn:
-        await conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"{SCHEMA_PREFIX}{stamp}"))
-        )
+        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"{name}_{stamp}")))
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -135,10 +170,16 @@ async def _progress_line(sim: KisSimulator, ports: dict[str, int], started: floa
     )
 
 
-async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], None]) -> DemoRun:
-    from app.stack.kafka import LocalKafka
-    from app.stack.postgres import LocalPostgres
+def run_root(base: Settings, name: str) -> Path:
+    return base.demo_root if name == "demo" else base.demo_root.with_name(name)
 
+
+async def run_demo(
+    base: Settings, options: DemoOptions, echo: Callable[[str], None], hooks: DayHooks | None = None
+) -> DemoRun:
+    hooks = hooks or DayHooks()
+    name = options.name
+    root = run_root(base, name)
     started = time.monotonic()
     stages: dict[str, float] = {}
     kafka, pg = LocalKafka(base), LocalPostgres(base)
@@ -152,10 +193,10 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
     # refused: the simulated day is the latest regular session before today.
     day = latest_session(today_kst() - dt.timedelta(days=1), regular=True)
     stamp = dt.datetime.now(KST).strftime("%Y%m%d%H%M%S")
-    home = base.demo_root / stamp
-    for old in _previous_runs(base.demo_root):
-        echo(f"removing the previous demo run {old.name} (topics, schema, files)")
-        await remove_run(base, old)
+    home = root / stamp
+    for old in _previous_runs(root):
+        echo(f"removing the previous {name} run {old.name} (topics, schema, files)")
+        await remove_run(base, old, name)
     (home / "logs").mkdir(parents=True)
     ports = {
         "rest": free_port(),
@@ -166,8 +207,8 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
     }
     settings = base.model_copy(
         update={
-            "topic_prefix": f"demo-{stamp}.",
-            "pg_schema": f"{SCHEMA_PREFIX}{stamp}",
+            "topic_prefix": f"{name}-{stamp}.",
+            "pg_schema": f"{name}_{stamp}",
             "data_root": home / "data",
             "kis_rest_url": f"http://127.0.0.1:{ports['rest']}",
             "kis_ws_url": f"ws://127.0.0.1:{ports['ws']}",
@@ -177,7 +218,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         }
     )
     run = DemoRun(stamp, day, settings, home, f"http://127.0.0.1:{ports['worker']}/", options.speed)
-    write_scrape_targets(base.demo_root / SCRAPE_TARGETS_FILE, ports)
+    write_scrape_targets(root / SCRAPE_TARGETS_FILE, ports)
     t0 = time.monotonic()
     await apply_topics(settings)
     env = {
@@ -198,22 +239,25 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         # The stack's own settings come from the parent (a user's OBSERVER_KAFKA_PORT, say) and stay.
         "OBSERVER_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
         "OBSERVER_PG_DSN": settings.postgres_dsn,
-    }
+    } | hooks.process_env()
     procs = Processes(env, home / "logs")
     start_at = dt.datetime.combine(day, options.start, KST)
     until_us = int(dt.datetime.combine(day, options.until, KST).timestamp() * 1_000_000)
     sim = KisSimulator(
-        SimConfig(
-            seed=options.seed,
-            start=start_at,
-            speed=options.speed,
-            random_surges=options.random_surges,
-            rest_port=ports["rest"],
-            ws_port=ports["ws"],
-            ws_faults=WsFaults(malformed_rate=options.malformed_rate, seed=options.seed),
-            trade_until_us=until_us,
+        hooks.sim_config(
+            SimConfig(
+                seed=options.seed,
+                start=start_at,
+                speed=options.speed,
+                random_surges=options.random_surges,
+                rest_port=ports["rest"],
+                ws_port=ports["ws"],
+                ws_faults=WsFaults(malformed_rate=options.malformed_rate, seed=options.seed),
+                trade_until_us=until_us,
+            )
         )
     )
+    live = LiveDay(sim, procs, settings, ports, kafka, pg, echo)
     sim_stopped = False
     # KIS is up (its clock held at the start) before the worker, whose scanner would otherwise spend its
     # first polls on retries while the simulated morning runs on without it.
@@ -236,6 +280,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         t1 = time.monotonic()
         shown = 0.0
         while sim.clock.now_us() < until_us:
+            await hooks.every(live)
             procs.check()
             sim.check_driver()
             if time.monotonic() - shown >= 5:
@@ -246,6 +291,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         # market stops at the morning's end (trade_until_us), and the deliveries catch up to it.
         run.simulated_until_us = until_us
         while sim.ledger.delivered_until_us < until_us:
+            await hooks.every(live)
             procs.check()
             sim.check_driver()
             if time.monotonic() - shown >= 5:
@@ -254,6 +300,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
                 echo(f"the simulator is behind its clock: trades delivered up to {behind:%H:%M:%S} KST")
             await asyncio.sleep(0.2)
         stages["morning"] = time.monotonic() - t1
+        await hooks.market_closed(live)
         t2 = time.monotonic()
         echo("morning over: stopping the bridge (it publishes its final counts), then draining the worker and sink")
         status = procs.stop("bridge")
@@ -265,6 +312,7 @@ async def run_demo(base: Settings, options: DemoOptions, echo: Callable[[str], N
         sink_inputs = [settings.topic(logical) for logical in KINDS]
         await wait_drained(settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo)
         stages["drain"] = time.monotonic() - t2
+        await hooks.drained(live)
         crashes = metric_sum(scrape(ports["worker"]), "observer_worker_agent_crashes_total")
         if crashes:
             raise RunError(f"the worker's agents crashed {crashes:.0f} times; see {home / 'logs' / 'worker.log'}")

@@ -91,7 +91,7 @@ class Processes:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; a restart appends
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "app.cli", *args],
             stdout=log,
@@ -122,6 +122,16 @@ class Processes:
                 proc.kill()
                 proc.wait()
         return proc.returncode
+
+    def kill(self, name: str) -> int:
+        """SIGKILL, as the OOM killer or a node's loss would: no shutdown code runs. Returns the pid."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+        return proc.pid
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
 
     def stop_all(self) -> None:
         for name in list(self.procs):

@@ -49,6 +49,7 @@ from app.sim.market import Market, Trade
 from app.sim.server import KisSimulator, SimConfig
 from app.slots.policy import Decision
 from app.topics import TopicSpec, apply_topics, delete_topics, load_topics
+from bench import report  # rows for make bench (bench/run_all.py)
 
 TARGET_TICKS_PER_S = 50_000
 TARGET_RATIO = 0.8
@@ -278,6 +279,48 @@ async def bare_producer(
         await producer.stop()
 
 
+async def bare_paced_latency(
+    settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None, int]], rate: int, seconds: float
+) -> list[float]:
+    """Send-to-ack milliseconds of a bare producer (the publisher's settings) sending ``records`` at ``rate``
+    per second for ``seconds``: the latency floor of Kafka and the client at the bridge's latency load."""
+    from aiokafka import AIOKafkaProducer
+
+    from app.bridge.publisher import PublisherConfig
+
+    pc = PublisherConfig(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=pc.linger_ms,
+        max_batch_size=pc.max_batch_bytes,
+        request_timeout_ms=pc.request_timeout_ms,
+    )
+    await producer.start()
+    latencies: list[float] = []
+
+    def acked(sent_at: float) -> Any:
+        return lambda _future: latencies.append((time.perf_counter() - sent_at) * 1000)
+
+    try:
+        n = min(len(records), int(rate * seconds))
+        started = time.perf_counter()
+        futures = []
+        for i, (key, value, ts) in enumerate(records[:n]):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            future = await producer.send(topic, value, key=key, timestamp_ms=ts)
+            future.add_done_callback(acked(time.perf_counter()))
+            futures.append(future)
+        await asyncio.gather(*futures)
+        await asyncio.sleep(0)  # the last done-callbacks
+    finally:
+        await producer.stop()
+    return latencies
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
@@ -296,6 +339,7 @@ async def bench(args: argparse.Namespace) -> int:
     catalogue = load_topics()
     ticks_spec = catalogue["kis.ticks.raw"]
     bare_names = [f"bare{r}.{kind}.kis.ticks.raw" for r in range(args.rounds) for kind in ("send", "batch")]
+    bare_names.append("bare.paced.kis.ticks.raw")
     specs: dict[str, TopicSpec] = dict(catalogue)
     for name in bare_names:
         specs[name] = TopicSpec(**{**ticks_spec.__dict__, "name": name})
@@ -349,6 +393,9 @@ async def bench(args: argparse.Namespace) -> int:
         sent, _ = await sim.command(f"PACED {args.rate} {args.latency_seconds}")
         await wait_for(lambda n=sent: probe.acked >= n, 120, f"{sent} acks")  # type: ignore[misc]
         latencies_ms = [x * 1000 for x in probe.latencies]
+        print(f"latency of a bare producer: {args.rate:,} records/s for {args.latency_seconds:.0f} s", flush=True)
+        paced_topic = settings.topic("bare.paced.kis.ticks.raw")
+        bare_ms = await bare_paced_latency(settings, paced_topic, records, args.rate, args.latency_seconds)
     finally:
         stop.set()
         await asyncio.wait_for(task, 120)
@@ -369,6 +416,13 @@ async def bench(args: argparse.Namespace) -> int:
         f"latency at {args.rate:,}/s ({len(latencies_ms):,} ticks): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
         f"max {max(latencies_ms):.2f} ms   target p99 < {TARGET_P99_MS:.0f} ms"
     )
+    b50, b99 = percentile(bare_ms, 0.5), percentile(bare_ms, 0.99)
+    print(
+        f"bare producer at {args.rate:,}/s ({len(bare_ms):,} records, send to ack): p50 {b50:.2f} ms, p99 {b99:.2f} ms"
+    )
+    report.row("bridge", "sim flood -> acked", bridge_best, "ticks/s", "bare aiokafka send()", send_best)
+    report.row("bridge", f"frame -> Kafka ack p50 at {args.rate}/s", p50, "ms", "bare producer send -> ack", b50, False)
+    report.row("bridge", f"frame -> Kafka ack p99 at {args.rate}/s", p99, "ms", "bare producer send -> ack", b99, False)
     met = bridge_best >= TARGET_TICKS_PER_S and ratio >= TARGET_RATIO and p99 < TARGET_P99_MS
     print("targets met" if met else "targets NOT met")
     return 0

@@ -47,6 +47,7 @@ from app.krx import KST, latest_session, today_kst
 from app.records import default_codec
 from app.sim.market import Market
 from app.topics import apply_topics, delete_topics
+from bench import report  # rows for make bench (bench/run_all.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_worker import fill, kafka_tick  # the same ticks and producer fill as the worker bench
@@ -153,6 +154,16 @@ def main() -> int:
         f"{result['outputs']['slot.decisions']['replay']:,} slot decisions"
     )
     print(f"target: under {TARGET_S:.0f} s: {'met' if wall < TARGET_S else 'NOT met'}")
+    ticks_s = result["ticks"] / wall
+    report.row(
+        "replay",
+        f"observer replay, {result['ticks']:,} ticks",
+        ticks_s,
+        "ticks/s",
+        "bare aiokafka consumer",
+        n_bare / bare_s,
+    )
+    report.row("replay", "replay wall time", wall, "s", "aim", TARGET_S, False)
     return 0
 
 

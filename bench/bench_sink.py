@@ -48,6 +48,7 @@ from app.sink.postgres import TABLE_COLUMNS, PgStore, migrate, tick_row
 from app.sink.render import KINDS
 from app.sink.writer import InputRecord, PgConnection, SinkMetrics, SinkWriter
 from app.topics import apply_topics, delete_topics, load_topics
+from bench import report  # rows for make bench (bench/run_all.py)
 from bench.bench_worker import fill, morning_ticks
 
 AIM_ROWS, AIM_RATIO, AIM_LINES = 100_000, 0.5, 100_000
@@ -245,6 +246,8 @@ def main() -> int:
         rate = n / elapsed
         unit = "lines" if "JSONL" in name else "rows"
         print(f"{name:28} {rate:>12,.0f} {rate / bare:>12.2f}x  {unit}")
+        if name != "bare COPY":
+            report.row("sink", name, rate, f"{unit}/s", "bare COPY", bare)
     pg_rate = args.ticks / seconds["sink Postgres"]
     lines_rate = args.ticks / seconds["sink JSONL"]
     print(

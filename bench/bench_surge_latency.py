@@ -53,6 +53,7 @@ from app.records import default_codec
 from app.sim.market import BOOTSTRAP_CODES, Market, SurgeSpec
 from app.sim.server import KisSimulator, SimConfig
 from app.topics import apply_topics, delete_topics
+from bench import report  # rows for make bench (bench/run_all.py)
 
 US = 1_000_000
 DAY = latest_session(today_kst() - dt.timedelta(days=1), regular=True)  # within the topics' retention
@@ -303,6 +304,16 @@ def main() -> int:
         )
     totals = [r["subscribe"] for r in rows]
     from_own = [r["subscribe"] + r["late"] for r in rows]
+    polls = [r["poll"] for r in rows]
+    report.row(
+        "surge latency",
+        "crossing trade -> subscribe, median",
+        statistics.median(totals),
+        "s",
+        "-> first scanner poll (the floor)",
+        statistics.median(polls),
+        False,
+    )
     print(
         f"subscribe after the crossing trade was published: median {statistics.median(totals):.2f} s, "
         f"max {max(totals):.2f} s; after the trade's own second began: median {statistics.median(from_own):.2f} s, "

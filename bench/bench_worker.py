@@ -50,6 +50,7 @@ from app.krx import KST, latest_session, today_kst
 from app.records import RecordCodec, default_codec
 from app.sim.market import Market, Trade
 from app.topics import apply_topics, delete_topics
+from bench import report  # rows for make bench (bench/run_all.py)
 
 TARGET_RATIO = 0.8
 HERE = Path(__file__).resolve().parent
@@ -250,6 +251,7 @@ def main() -> int:
             f"{processes} process{'es' if processes > 1 else ''}: worker {worker:>9,.0f} ticks/s, "
             f"no-op agent {noop:>9,.0f} ticks/s, ratio {worker / noop:.2f} (target >= {TARGET_RATIO})"
         )
+        report.row("worker", f"surge worker, {processes} process(es)", worker, "ticks/s", "no-op Faust agent", noop)
     if {1, 2} <= set(counts):
         print(
             f"two processes against one: worker {best[('worker', 2)] / best[('worker', 1)]:.2f}x, "

@@ -18,6 +18,7 @@ from app.sim.market import (
     BOOTSTRAP_CODES,
     KST,
     Market,
+    RatePeriod,
     SurgeSpec,
     Trade,
     _idx_of,
@@ -589,3 +590,17 @@ def test_a_paused_clock_holds_and_resumes_without_a_jump() -> None:
     clock.resume()
     now[0] += 2
     assert clock.now_us() == held + 20_000_000, "resumed from where it stopped, at the same speed"
+
+
+def test_a_rate_period_multiplies_every_symbols_trades_there_and_only_there() -> None:
+    plain = Market(3, DAY, n_symbols=200, rate_scale=0.3)
+    busy = Market(3, DAY, n_symbols=200, rate_scale=0.3, rate_periods=[RatePeriod(dt.time(11, 0), 10.0, 3.0)])
+    counts = []
+    for market in (plain, busy):
+        trades = run(market, us(10, 50), us(11, 10))
+        counts.append((sum(t.event_time_us < us(11) for t in trades), sum(t.event_time_us >= us(11) for t in trades)))
+    (plain_before, plain_during), (busy_before, busy_during) = counts
+    assert busy_before == plain_before  # the same seconds, the same draws, before the period
+    assert 2.6 < busy_during / plain_during < 3.4  # Poisson counts over thousands of trades
+    with pytest.raises(ValueError, match="rate period"):
+        Market(3, DAY, n_symbols=200, rate_periods=[RatePeriod(dt.time(11, 0), 10.0, 0.0)])

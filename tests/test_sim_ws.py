@@ -411,3 +411,28 @@ def test_flood_sends_only_registered_symbols_and_the_ledger_counts_them() -> Non
         assert totals["records_by_symbol"] == {code: 20 for code in wanted}
 
     asyncio.run(scenario())
+
+
+def test_a_leaked_registration_makes_the_clients_41st_subscription_the_42nd() -> None:
+    async def scenario() -> None:
+        async with running_sim() as sim:
+            key = await approval_key(sim)
+            codes = [s.code for s in sim.market.symbols[:41]]
+            async with connect(sim.ws_url, ping_interval=None) as ws:
+                await ws.send(request(key, codes[0]))
+                assert (await next_control(ws))["body"]["msg_cd"] == "OPSP0000"
+                assert sim.ws.leak_registration() == 1
+                replies = []
+                for code in codes[1:]:
+                    await ws.send(request(key, code))
+                    replies.append((await next_control(ws))["body"]["msg_cd"])
+                assert replies == ["OPSP0000"] * 39 + ["OPSP0008"]
+                assert sim.ledger.totals()["replies"]["OPSP0008"] == 1
+                assert [sym for _, _, sym in sim.ledger.subscribes] == codes[:40]  # accepted trade subscriptions
+            # The leak belongs to the session: a new one has all 41 again.
+            async with connect(sim.ws_url, ping_interval=None) as ws:
+                for code in codes:
+                    await ws.send(request(key, code))
+                    assert (await next_control(ws))["body"]["msg_cd"] == "OPSP0000"
+
+    asyncio.run(scenario())

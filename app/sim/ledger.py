@@ -6,6 +6,7 @@ bytes of a frame have been handed to the kernel (a frame whose send failed is no
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class Ledger:
     refused_sessions: Counter[str] = field(default_factory=Counter)
     withheld_by_stall: Counter[str] = field(default_factory=Counter)  # trades the stall fault kept back
     drops: int = 0
+    records_by_minute: Counter[int] = field(default_factory=Counter)  # records sent per event-time minute (UTC us)
+    subscribes: list[tuple[float, str, str]] = field(default_factory=list)  # (wall time, app key id, symbol) accepted
+    # (simulated instant, wall time): when deliveries first reached each new simulated second
+    delivered_at: list[tuple[int, float]] = field(default_factory=list)
     trades_generated: int = 0
     sim_time_us: int = 0
     delivered_until_us: int = 0  # every trade before this simulated instant has been handed to its sessions
@@ -60,6 +65,25 @@ class Ledger:
         entry = SessionLedger(session=session, app_key_id=app_key_id, opened_wall=wall)
         self.sessions.append(entry)
         return entry
+
+    def delivered(self, until_us: int, wall: float) -> None:
+        self.delivered_until_us = until_us
+        if not self.delivered_at or until_us // 1_000_000 > self.delivered_at[-1][0] // 1_000_000:
+            self.delivered_at.append((until_us, wall))
+
+    def wall_of(self, sim_us: int) -> float | None:
+        """The wall time at which every trade before ``sim_us`` had been handed to its sessions."""
+        i = bisect.bisect_left(self.delivered_at, (sim_us, 0.0))
+        return self.delivered_at[i][1] if i < len(self.delivered_at) else None
+
+    def busiest_hour(self) -> tuple[int, int]:
+        """The 60 consecutive event-time minutes with the most records sent: (their first minute, records)."""
+        best = (0, 0)
+        for start in sorted(self.records_by_minute):
+            n = sum(self.records_by_minute.get(start + i * 60_000_000, 0) for i in range(60))
+            if n > best[1]:
+                best = (start, n)
+        return best
 
     def totals(self) -> dict[str, Any]:
         by_symbol: Counter[str] = Counter()

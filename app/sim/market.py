@@ -130,6 +130,16 @@ class SurgeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RatePeriod:
+    """Every symbol's trade rate x ``factor`` during [start, start + minutes) KST: a busy afternoon, say.
+    Lots and the quote model stay as they are, so the day's volume grows with the number of trades."""
+
+    start: dt.time
+    minutes: float
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
 class Trade:
     symbol: str
     event_time_us: int  # UTC microseconds of the trade's second
@@ -277,6 +287,17 @@ def _make_names(rng: np.random.Generator, n: int) -> list[str]:
     return [combos[order[i % len(combos)]] + ("" if i < len(combos) else str(i // len(combos) + 1)) for i in range(n)]
 
 
+def _rate_factors(periods: Sequence[RatePeriod]) -> F64:
+    """The market-wide rate factor of every continuous second (1 outside the periods; overlaps multiply)."""
+    factor = np.ones(CONT_SECONDS, np.float64)
+    for p in periods:
+        if not p.factor > 0 or not p.minutes > 0:
+            raise ValueError(f"rate period factor and minutes must be positive: {p}")
+        a = p.start.hour * 3600 + p.start.minute * 60 + p.start.second - OPEN_S
+        factor[max(0, a) : max(0, a + round(p.minutes * 60))] *= p.factor
+    return factor
+
+
 def _u_shape(n_seconds: int = CONT_SECONDS) -> F64:
     """Intraday trade-rate multiplier per continuous-session second, mean 1."""
     t = np.arange(n_seconds, dtype=np.float64) / 60.0  # minutes since 09:00
@@ -299,6 +320,7 @@ class Market:
         surges: Sequence[SurgeSpec] = (),
         random_surges: int = 0,
         rate_scale: float = 1.0,
+        rate_periods: Sequence[RatePeriod] = (),
     ) -> None:
         if not len(BOOTSTRAP_CODES) <= n_symbols <= _MAX_SYMBOLS:
             raise ValueError(f"n_symbols must be in {len(BOOTSTRAP_CODES)}..{_MAX_SYMBOLS}, got {n_symbols}")
@@ -321,6 +343,7 @@ class Market:
         self._lam: F64 = self._rate_min / 60.0 * self.rate_scale  # trades per second at profile 1
         self.surges: list[SurgeSpec] = list(surges) + self._random_surges(random_surges)
         self._build_surges()
+        self._rate_factor = _rate_factors(rate_periods)
         self._reset_state()
         self._pos = OPEN_S
 
@@ -496,7 +519,7 @@ class Market:
             idx = np.flatnonzero(self._cum_vol > 0)
             n = np.ones(len(idx), np.int64)
         else:
-            lam = self._lam * self._profile[sec - OPEN_S]
+            lam = self._lam * (self._profile[sec - OPEN_S] * self._rate_factor[sec - OPEN_S])
             mult = self._surge_mult(sec)
             if mult is not None:
                 lam = lam * mult

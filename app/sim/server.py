@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from websockets.asyncio.server import Server, serve
 from app.kis.credentials import simulator_credentials
 from app.sim.clock import SimClock
 from app.sim.ledger import Ledger
-from app.sim.market import Market, SurgeSpec
+from app.sim.market import Market, RatePeriod, SurgeSpec
 from app.sim.rest import RestFaults, create_rest_app
 from app.sim.ws import WsFaults, WsLimits, WsServer
 
@@ -44,6 +45,7 @@ class SimConfig:
     surges: Sequence[SurgeSpec] = ()
     random_surges: int = 0
     rate_scale: float = 1.0
+    rate_periods: Sequence[RatePeriod] = ()
     host: str = "127.0.0.1"
     rest_port: int = 18443
     ws_port: int = 18000
@@ -66,6 +68,7 @@ class KisSimulator:
             surges=config.surges,
             random_surges=config.random_surges,
             rate_scale=config.rate_scale,
+            rate_periods=config.rate_periods,
         )
         self.clock = SimClock(config.start, config.speed)
         self.market.start_at(self.clock.start_us)
@@ -126,7 +129,7 @@ class KisSimulator:
             self.ledger.trades_generated += len(trades)
             self.ledger.sim_time_us = until
             await self.ws.deliver(trades)
-            self.ledger.delivered_until_us = until
+            self.ledger.delivered(until, time.time())
             await self.ws.housekeeping()
             # Pace the simulator itself; nothing waits on this as synchronisation.
             await asyncio.sleep(self.config.tick_s)

@@ -34,6 +34,7 @@ from app.sim.market import Market, Trade
 # TRs a client may register; only H0STCNT0 data is generated, the others just take a registration slot.
 REGISTERABLE_TRS = frozenset({TR_TRADE, "H0STASP0", "H0STANC0", "H0UNCNT0", "H0NXCNT0"})
 ACCEPTED_PATHS = ("/", "/tryitout")
+MINUTE_US = 60_000_000
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,8 @@ class WsServer:
                 session.registered[key] = None
                 if tr_id == TR_TRADE:
                     self._gaps.get(app_key, set()).discard(tr_key)
+                    label = session.ledger.app_key_id if session.ledger else ""
+                    self.ledger.subscribes.append((time.time(), label, tr_key))
                 await self._reply(session, tr_id, tr_key, "OPSP0000", with_cipher=True)
         elif key in session.registered:
             del session.registered[key]
@@ -334,6 +337,7 @@ class WsServer:
         ledger.frames_sent += 1
         ledger.records_sent += len(frame_trades)
         ledger.records_by_symbol.update(t.symbol for t in frame_trades)
+        self.ledger.records_by_minute.update(t.event_time_us // MINUTE_US * MINUTE_US for t in frame_trades)
         return True
 
     def _count_missed(self, session: Session, trades: Sequence[Trade]) -> None:
@@ -404,6 +408,16 @@ class WsServer:
             self.ledger.drops += 1
             await self._close(session, reason, abrupt=True)
         return len(sessions)
+
+    def leak_registration(self, tr_id: str = "H0STASP0") -> int:
+        """Every open session gets a registration its client never made nor sees, as KIS keeps one after an
+        unsubscribe under the wrong TR: the client's own 41st subscription is then KIS's 42nd (MAX
+        SUBSCRIBE OVER). The leak ends with the session. Returns the sessions leaked into."""
+        for session in self.active.values():
+            held = {k for _, k in session.registered}
+            spare = next(code for code in self.market.by_code if code not in held)
+            session.registered[(tr_id, spare)] = None
+        return len(self.active)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -131,6 +131,7 @@ class Rendered:
     key: NaturalKey
     file: tuple[str, bytes] | None  # (relative path, line), None when the kind has no line for it
     row: tuple[Any, ...]
+    received_at_us: int | None = None  # a tick's bridge receipt time, for the persist latency
 
 
 def render(kind: Kind, record: dict[str, Any], slot_of: SlotOf) -> Rendered:
@@ -145,7 +146,7 @@ def render(kind: Kind, record: dict[str, Any], slot_of: SlotOf) -> Rendered:
     if not symbol or "/" in symbol or len(symbol) > 12:
         raise InvalidRecord(f"symbol={symbol!r} cannot name a row or a line")
     try:
-        return Rendered(kind.key(record), kind.line(record, slot_of), kind.row(record))
+        return Rendered(kind.key(record), kind.line(record, slot_of), kind.row(record), record.get("received_at_us"))
     except (KeyError, ValueError, TypeError, OverflowError) as exc:
         raise InvalidRecord(f"{type(exc).__name__}: {exc}") from exc
 

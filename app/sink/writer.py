@@ -77,6 +77,13 @@ class SinkMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.persist_latency = Histogram(
+            "observer_sink_tick_persist_latency_seconds",
+            "From the bridge receiving a tick's frame to a store committing the tick (wall clocks)",
+            ["store"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
         self.lag = Gauge("observer_sink_lag_records", "Records in Kafka not yet in both stores", ["topic"], registry=r)
         self.file_bytes = Gauge("observer_sink_file_bytes", "Committed bytes of the newest file", ["file"], registry=r)
 
@@ -273,6 +280,7 @@ class SinkWriter:
         await self._until_ok("jsonl", lambda: asyncio.to_thread(self.archive.write, files, offsets, marks))
         for kind, n in counts.items():
             self.metrics.lines.labels(kind).inc(n)
+        self._observe_persisted("jsonl", todo)
         for path in files:
             self._show_file_bytes(path)
 
@@ -298,6 +306,14 @@ class SinkWriter:
         for table, n in inserted.items():
             self.metrics.rows.labels(table).inc(n)
             self.metrics.duplicates.labels("postgres", table).inc(given.get(table, 0) - n)
+        self._observe_persisted("postgres", todo)
+
+    def _observe_persisted(self, store: str, todo: list[tuple[InputRecord, Rendered]]) -> None:
+        now_us = time.time_ns() // 1000
+        observe = self.metrics.persist_latency.labels(store).observe
+        for _, rendered in todo:
+            if rendered.received_at_us is not None:
+                observe((now_us - rendered.received_at_us) / 1e6)
 
     async def _write_pg_one_by_one(
         self, todo: list[tuple[InputRecord, Rendered]], offsets: dict[TopicPart, int]

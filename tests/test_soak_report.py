@@ -1,0 +1,73 @@
+"""The soak's measurements as pure functions: histogram percentiles, the busiest hour, sim-to-wall times."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from app.sim.ledger import Ledger
+from app.soak import Fault, SoakHooks, SoakOptions, histogram, quantiles
+
+MIN = 60_000_000
+
+
+def test_quantiles_interpolate_within_buckets_like_prometheus() -> None:
+    # 100 observations: 50 under 0.1 s, 40 in (0.1, 0.5], 10 in (0.5, 1]
+    buckets = {0.1: 50.0, 0.5: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    q = quantiles(buckets)
+    assert q["count"] == 100
+    assert q["p50"] == pytest.approx(0.1)
+    assert q["p90"] == pytest.approx(0.5)
+    assert q["p99"] == pytest.approx(0.95)
+    assert quantiles({0.1: 0.0, float("inf"): 4.0})["p50"] == 0.1  # in +Inf: the largest finite bound
+    assert quantiles({})["p50"] is None
+
+
+def test_histogram_reads_one_series_of_a_scrape() -> None:
+    scraped = {
+        "x_seconds_bucket{le=0.1,store=jsonl}": 3.0,
+        "x_seconds_bucket{le=+Inf,store=jsonl}": 5.0,
+        "x_seconds_bucket{le=0.1,store=postgres}": 1.0,
+        "x_seconds_count{store=jsonl}": 5.0,
+    }
+    assert histogram(scraped, "x_seconds", store="jsonl") == {0.1: 3.0, float("inf"): 5.0}
+    assert histogram(scraped, "x_seconds") == {0.1: 4.0, float("inf"): 5.0}
+
+
+def test_the_busiest_hour_is_the_best_60_consecutive_minutes() -> None:
+    ledger = Ledger()
+    t0 = 1_000 * MIN
+    for minute in range(180):
+        ledger.records_by_minute[t0 + minute * MIN] = 100 if 50 <= minute < 110 else 10
+    assert ledger.busiest_hour() == (t0 + 50 * MIN, 6000)
+
+
+def test_wall_of_is_when_deliveries_first_passed_a_simulated_instant() -> None:
+    ledger = Ledger()
+    for i, until in enumerate((1_000_000, 1_500_000, 2_200_000, 3_100_000)):
+        ledger.delivered(until, 100.0 + i)
+    assert [u for u, _ in ledger.delivered_at] == [1_000_000, 2_200_000, 3_100_000]  # one entry per new second
+    assert ledger.wall_of(2_000_000) == 102.0
+    assert ledger.wall_of(1_000_000) == 100.0
+    assert ledger.wall_of(9_000_000) is None
+    assert ledger.delivered_until_us == 3_100_000
+
+
+def test_the_fault_schedule_is_checked_and_the_burst_outnumbers_the_pool() -> None:
+    day = dt.date(2026, 12, 4)
+    with pytest.raises(ValueError, match="unknown fault"):
+        SoakHooks(SoakOptions(faults=(Fault(dt.time(10), "unplug_the_server"),)), day)
+    for options in (SoakOptions(), SoakOptions.short()):
+        hooks = SoakHooks(options, day)
+        assert len({s.symbol for s in hooks.burst}) == options.burst_symbols > 41
+        assert {f.kind for f in options.faults} >= {
+            "ws_drop",
+            "kill_worker",
+            "kill_sink",
+            "restart_kafka",
+            "restart_postgres",
+            "leak_registration",
+            "surge_burst",
+        }
+        assert options.min_peak_hour >= 3 * 50_287
