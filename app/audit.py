@@ -183,14 +183,7 @@ class DayAudit:
             "unreadable_dead_lettered": self.unreadable_dead_lettered,
             "persisted": self.persisted,
             "ratio": self.ratio,
-            "slots": {
-                "decisions": self.slots.decisions,
-                "max_held": self.slots.max_held,
-                "shortest_eviction_dwell_s": None
-                if self.slots.shortest_dwell_us is None
-                else self.slots.shortest_dwell_us / 1e6,
-                "violations": self.slots.violations,
-            },
+            "slots": self.slots.to_json(),
             "problems": self.problems(),
             "notes": self.notes(),
         }

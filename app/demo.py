@@ -371,9 +371,13 @@ def summary_table(run: DemoRun) -> list[str]:
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["", "demo summary", *(f"  {k:<{width}}  {v}" for k, v in rows), ""]
-    lines += [
-        "look again (the run is kept until the next demo; `observer stack up` first if the stack is down):",
+    return lines + look_again(s, "demo")
+
+
+def look_again(s: dict[str, Any], name: str) -> list[str]:
+    """How to audit a kept run again (``s``: its ``DemoRun.summary()``)."""
+    return [
+        f"look again (the run is kept until the next {name}; `observer stack up` first if the stack is down):",
         f"  OBSERVER_TOPIC_PREFIX={s['topic_prefix']} OBSERVER_PG_SCHEMA={s['pg_schema']} "
         f"OBSERVER_DATA_ROOT={s['data_root']} observer audit --date {s['date']}",
     ]
-    return lines

@@ -27,14 +27,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
 from app.config import Settings
-from app.demo import DayHooks, DemoOptions, DemoRun, LiveDay, run_demo
+from app.demo import DayHooks, DemoOptions, DemoRun, LiveDay, look_again, run_demo
 from app.kafka_read import new_reader, read_ranges, time_window
 from app.krx import KST
 from app.records import default_codec
@@ -46,6 +45,8 @@ from app.stack.common import rss_bytes
 
 SEED_BUSIEST_HOUR = 50_287  # lines of the seed system's busiest hour (its own report)
 SEED_MEMORY_LIMIT_MB = 512  # the seed system's container limit
+RAMP_STEPS = 4
+QUIET_AFTER_FAULT_S = 30.0  # wall seconds after a fault's start that its effects are allowed to last
 
 FAULT_KINDS = {
     "ws_drop": "KIS cuts every WebSocket session",
@@ -117,6 +118,7 @@ class SoakOptions:
     peak_from: dt.time = dt.time(13, 30)
     peak_until: dt.time = dt.time(15, 20)
     peak_factor: float = 3.5
+    peak_ramp_minutes: float = 20.0
     burst_symbols: int = 60  # more than the pool of 41
     burst_minutes: float = 6.0
     burst_factor: float = 15.0
@@ -148,6 +150,7 @@ class Injected:
     sim_at: str  # HH:MM:SS KST when it started
     wall_s: float  # how long it took (a restart: stopped and serving again)
     detail: str
+    started_wall: float = 0.0  # time.time() at its start
 
 
 def quantiles(buckets: dict[float, float], qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[str, float | None]:
@@ -223,13 +226,10 @@ class SoakHooks(DayHooks):
 
     def sim_config(self, config: SimConfig) -> SimConfig:
         o = self.options
-        minutes = (
-            dt.datetime.combine(self.day, o.peak_until) - dt.datetime.combine(self.day, o.peak_from)
-        ).seconds / 60
         return replace(
             config,
             surges=tuple(config.surges) + tuple(self.burst),
-            rate_periods=(RatePeriod(o.peak_from, minutes, o.peak_factor),),
+            rate_periods=peak_periods(o, self.day),
             ws_faults=WsFaults(
                 malformed_rate=o.malformed_rate,
                 wrong_field_count_rate=o.wrong_field_count_rate,
@@ -255,7 +255,9 @@ class SoakHooks(DayHooks):
         if time.monotonic() - self.sampled_at >= 1.0:
             self.sampled_at = time.monotonic()
             self._sample_memory(
-                day, "peak" if self.options.peak_from <= now.time() < self.options.peak_until else "realistic"
+                # Memory a process took at the peak stays with it: everything from the peak on is "peak".
+                day,
+                "peak" if now.time() >= self.options.peak_from else "realistic",
             )
         if self.task is None and self.pending and now.time() >= self.pending[0].at:
             fault = self.pending.pop(0)
@@ -287,7 +289,7 @@ class SoakHooks(DayHooks):
                 )
 
     async def _inject(self, day: LiveDay, fault: Fault, now: dt.datetime) -> None:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         detail = ""
         if fault.kind == "ws_drop":
             detail = f"{await day.sim.ws.drop_all()} session(s) cut"
@@ -311,7 +313,7 @@ class SoakHooks(DayHooks):
             detail = (
                 f"{len(self.burst)} symbols surge {self.options.burst_factor:g}x for {self.options.burst_minutes:g} min"
             )
-        done = Injected(fault.kind, f"{now:%H:%M:%S}", round(time.monotonic() - started, 1), detail)
+        done = Injected(fault.kind, f"{now:%H:%M:%S}", round(time.monotonic() - started, 1), detail, started_wall)
         self.injected.append(done)
         day.echo(f"  fault at {done.sim_at} KST: {FAULT_KINDS[fault.kind]} ({detail}; {done.wall_s:.1f} s)")
 
@@ -339,15 +341,28 @@ class SoakHooks(DayHooks):
         await self._keep_histograms(day, "sink")
 
 
+def peak_periods(options: SoakOptions, day: dt.date) -> tuple[RatePeriod, ...]:
+    """The peak as rate periods: a ramp of ``RAMP_STEPS`` equal ratios over ``peak_ramp_minutes``, then
+    ``peak_factor`` until ``peak_until``. Each step is well under the surge rule's 3x, so the ramp itself
+    does not make every symbol surge at once (the burst does that, on purpose)."""
+    begin = dt.datetime.combine(day, options.peak_from)
+    total = (dt.datetime.combine(day, options.peak_until) - begin).total_seconds() / 60
+    ramp = min(options.peak_ramp_minutes, total)
+    step = ramp / RAMP_STEPS
+    out = [
+        RatePeriod(
+            (begin + dt.timedelta(minutes=i * step)).time(), step, options.peak_factor ** ((i + 1) / (RAMP_STEPS + 1))
+        )
+        for i in range(RAMP_STEPS)
+    ]
+    if total > ramp:
+        out.append(RatePeriod((begin + dt.timedelta(minutes=ramp)).time(), total - ramp, options.peak_factor))
+    return tuple(out)
+
+
 def vm_hwm(pid: int) -> int | None:
     """The kernel's peak resident set of a live process (``VmHWM``), bytes."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return rss_bytes(pid, "VmHWM")
 
 
 def burst_surges(options: SoakOptions, day: dt.date, at: dt.time) -> list[SurgeSpec]:
@@ -364,18 +379,26 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
     reader = new_reader(settings.bootstrap_servers)
     await reader.start()
     decisions: list[dict[str, Any]] = []
+    assigned: list[dict[str, Any]] = []
     try:
         topic = settings.topic("slot.decisions")
         async for rec in read_ranges(reader, topic, await time_window(reader, topic, None, None)):
             value = codec.decode(rec.value)[1]
-            if value["action"] == "assign" and value["trigger_type"] in ("surge", "snapshot_surge"):
-                decisions.append(value)
+            if value["action"] == "assign":
+                assigned.append(value)
+                if value["trigger_type"] in ("surge", "snapshot_surge"):
+                    decisions.append(value)
     finally:
         await reader.stop()
     wall_of: Callable[[int], float | None] = hooks.ends["wall_of"]
     subscribes: list[tuple[float, str, str]] = hooks.ends["subscribes"]
+    assigns: dict[tuple[str, str], list[int]] = {}  # (app key, symbol) -> every assignment's time, event time
+    for value in assigned:
+        assigns.setdefault((value["app_key_id"], value["symbol"]), []).append(value["decided_at_us"])
     seen: set[str] = set()
     latencies: list[float] = []
+    quiet: list[float] = []  # the assignments whose surge came more than QUIET_AFTER_FAULT_S after any fault
+    samples: list[tuple[str, float]] = []  # (detected at, KST; seconds), for a look at where time went
     unmatched = 0
     for d in decisions:
         if d["decision_id"] in seen:
@@ -383,11 +406,19 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
         seen.add(d["decision_id"])
         # Trades carry whole seconds and KIS sends a second's trades once it has passed.
         origin = wall_of(d["detected_at_us"] // 1_000_000 * 1_000_000 + 1_000_000)
+        # This assignment's subscription comes before the symbol's next assignment could be decided (KIS
+        # must have delivered the trades up to its time first); none there: KIS refused it.
+        later = [t for t in assigns.get((d["app_key_id"], d["symbol"]), []) if t > d["decided_at_us"]]
+        until = wall_of(min(later)) if later else None
         sub = next(
             (
                 w
                 for w, key, sym in subscribes
-                if sym == d["symbol"] and key == d["app_key_id"] and origin and w >= origin
+                if sym == d["symbol"]
+                and key == d["app_key_id"]
+                and origin
+                and w >= origin
+                and (until is None or w <= until)
             ),
             None,
         )
@@ -395,11 +426,21 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
             unmatched += 1  # refused by KIS, or released before the bridge got to it
             continue
         latencies.append(sub - origin)
-    out: dict[str, Any] = {"assignments": len(seen), "unmatched": unmatched}
-    if latencies:
-        arr = np.array(latencies)
-        out |= {f"p{q:g}": float(np.percentile(arr, q)) for q in (50, 90, 99)} | {"max": float(arr.max())}
+        if not any(f.started_wall <= origin <= f.started_wall + QUIET_AFTER_FAULT_S for f in hooks.injected):
+            quiet.append(sub - origin)
+        at = dt.datetime.fromtimestamp(d["detected_at_us"] / 1e6, KST).strftime("%H:%M:%S")
+        samples.append((at, round(sub - origin, 3)))
+    out: dict[str, Any] = {"assignments": len(seen), "unmatched": unmatched, "samples": samples}
+    out |= _percentiles(latencies)
+    out["away_from_faults"] = {"assignments": len(quiet)} | _percentiles(quiet)
     return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.array(values)
+    return {f"p{q:g}": float(np.percentile(arr, q)) for q in (50, 90, 99)} | {"max": float(arr.max())}
 
 
 @dataclass
@@ -455,14 +496,7 @@ class SoakResult:
             },
             "kis_replies": self.ends["replies"],
             "faults": [vars(f) for f in self.injected],
-            "slot_policy": {
-                "decisions": audit.slots.decisions,
-                "max_held": audit.slots.max_held,
-                "shortest_eviction_dwell_s": None
-                if audit.slots.shortest_dwell_us is None
-                else audit.slots.shortest_dwell_us / 1e6,
-                "violations": audit.slots.violations,
-            },
+            "slot_policy": audit.slots.to_json(),
             "memory": self.memory,
             "latency_s": self.latency,
             "failures": self.failures(),
@@ -525,6 +559,7 @@ def soak_table(result: SoakResult) -> list[str]:
         return f"p50 {_ms(q.get('p50'))}, p90 {_ms(q.get('p90'))}, p99 {_ms(q.get('p99'))}"
 
     sts = lat["surge_to_subscribe"]
+    quiet = sts["away_from_faults"]
     mem = s["memory"]
     policy = s["slot_policy"]
     together = mem["together_max_mb"]
@@ -570,11 +605,17 @@ def soak_table(result: SoakResult) -> list[str]:
             f"p50 {_ms(sts.get('p50'))}, p90 {_ms(sts.get('p90'))}, p99 {_ms(sts.get('p99'))} "
             f"({sts['assignments'] - sts['unmatched']} of {sts['assignments']} assignments)",
         ),
+        (
+            "  away from faults",
+            f"p50 {_ms(quiet.get('p50'))}, p90 {_ms(quiet.get('p90'))}, p99 {_ms(quiet.get('p99'))} "
+            f"({quiet['assignments']} surges over {QUIET_AFTER_FAULT_S:.0f} s after any fault's start)",
+        ),
         ("wall time", f"{d['wall_s']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in d["stages_s"].items()) + ")"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["", "soak summary", *(f"  {k:<{width}}  {v}" for k, v in rows), ""]
     lines += [f"  fault {f['sim_at']} {f['kind']}: {f['detail']} ({f['wall_s']} s)" for f in s["faults"]]
     failures = s["failures"]
+    lines += ["", *look_again(d, "soak")]
     lines += ["", "FAILED:" if failures else "passed: every check held", *(f"  {f}" for f in failures)]
     return lines

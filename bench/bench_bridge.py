@@ -231,6 +231,24 @@ async def read_back(settings: Settings, topic: str, n: int) -> list[tuple[bytes 
     return out[:n]
 
 
+def publisher_like_producer(settings: Settings, **extra: Any) -> Any:
+    """A bare AIOKafkaProducer with the bridge publisher's settings (acks=all, idempotence, its batching)."""
+    from aiokafka import AIOKafkaProducer
+
+    from app.bridge.publisher import PublisherConfig
+
+    pc = PublisherConfig(bootstrap_servers=settings.bootstrap_servers)
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=pc.linger_ms,
+        max_batch_size=pc.max_batch_bytes,
+        request_timeout_ms=pc.request_timeout_ms,
+        **extra,
+    )
+
+
 async def bare_producer(
     settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None, int]], batched: bool
 ) -> float:
@@ -239,21 +257,9 @@ async def bare_producer(
     ``batched``: aiokafka's batch API (one ``send_batch`` per partition and full batch, as the publisher
     does); otherwise the usual ``send`` per record.
     """
-    from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    from app.bridge.publisher import PublisherConfig
-
-    pc = PublisherConfig(bootstrap_servers=settings.bootstrap_servers)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=pc.linger_ms,
-        max_batch_size=pc.max_batch_bytes,
-        request_timeout_ms=pc.request_timeout_ms,
-        max_request_size=4 * 2**20,
-    )
+    producer = publisher_like_producer(settings, max_request_size=4 * 2**20)
     await producer.start()
     try:
         partitions = sorted(await producer.partitions_for(topic))
@@ -284,19 +290,7 @@ async def bare_paced_latency(
 ) -> list[float]:
     """Send-to-ack milliseconds of a bare producer (the publisher's settings) sending ``records`` at ``rate``
     per second for ``seconds``: the latency floor of Kafka and the client at the bridge's latency load."""
-    from aiokafka import AIOKafkaProducer
-
-    from app.bridge.publisher import PublisherConfig
-
-    pc = PublisherConfig(bootstrap_servers=settings.bootstrap_servers)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=pc.linger_ms,
-        max_batch_size=pc.max_batch_bytes,
-        request_timeout_ms=pc.request_timeout_ms,
-    )
+    producer = publisher_like_producer(settings)
     await producer.start()
     latencies: list[float] = []
 

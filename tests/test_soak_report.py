@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
 from app.sim.ledger import Ledger
-from app.soak import Fault, SoakHooks, SoakOptions, histogram, quantiles
+from app.soak import Fault, SoakHooks, SoakOptions, histogram, peak_periods, quantiles
 
 MIN = 60_000_000
 
@@ -71,3 +72,18 @@ def test_the_fault_schedule_is_checked_and_the_burst_outnumbers_the_pool() -> No
             "surge_burst",
         }
         assert options.min_peak_hour >= 3 * 50_287
+
+
+def test_the_peak_ramps_up_in_steps_under_the_surge_multiplier_then_holds() -> None:
+    day = dt.date(2026, 12, 4)
+    options = SoakOptions(peak_from=dt.time(13, 30), peak_until=dt.time(15, 20), peak_factor=3.5)
+    periods = peak_periods(options, day)
+    factors = [p.factor for p in periods]
+    assert factors == sorted(factors) and factors[-1] == 3.5
+    steps = [b / a for a, b in zip([1.0, *factors], factors, strict=False)]
+    assert max(steps) < 1.5  # far from the 3x a surge needs
+    assert periods[0].start == dt.time(13, 30)
+    assert sum(p.minutes for p in periods) == pytest.approx(110)
+    for a, b in itertools.pairwise(periods):  # back to back, no overlap (overlapping factors would multiply)
+        end = dt.datetime.combine(day, a.start) + dt.timedelta(minutes=a.minutes)
+        assert end.time() == b.start

@@ -30,6 +30,15 @@ class SlotCheck:
     shortest_dwell_us: int | None = None  # the shortest hold ended by an eviction (not a refusal or close)
     violations: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        dwell = self.shortest_dwell_us
+        return {
+            "decisions": self.decisions,
+            "max_held": self.max_held,
+            "shortest_eviction_dwell_s": None if dwell is None else dwell / 1e6,
+            "violations": self.violations,
+        }
+
 
 def _at(us: int) -> str:
     return dt.datetime.fromtimestamp(us / 1e6, KST).strftime("%H:%M:%S")

@@ -62,10 +62,11 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def rss_bytes(pid: int) -> int | None:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
+    """A live process's resident set now (``VmRSS``) or its peak so far (``VmHWM``), bytes; None if gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
