@@ -843,7 +843,10 @@ def soak(
     options = SoakOptions.short() if short else SoakOptions()
     given = {"speed": speed, "peak_factor": peak_factor, "seed": seed}
     changes: dict[str, Any] = {"keep_stack": keep_stack} | {k: v for k, v in given.items() if v is not None}
-    options = replace(options, **changes)
+    try:
+        options = replace(options, **changes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     result = _run_tool(lambda echo: run_soak(s, options, echo), as_json, lambda r: r.summary(), soak_table)
     if result.failures():
         sys.exit(EXIT_FAILED)

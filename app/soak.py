@@ -127,6 +127,17 @@ class SoakOptions:
     memory_limit_mb: float = SEED_MEMORY_LIMIT_MB
     keep_stack: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.speed > 0:
+            raise ValueError(f"speed must be above 0, not {self.speed}")
+        if not self.peak_factor > 0 or self.peak_ramp_minutes < 0:
+            raise ValueError("the peak factor must be above 0 and its ramp at least 0 minutes")
+        if not self.start < self.peak_from <= self.peak_until <= self.until:
+            raise ValueError("the day must run start < peak_from <= peak_until <= until")
+        late = [f"{f.at:%H:%M} {f.kind}" for f in self.faults if not self.start <= f.at < self.until]
+        if late:
+            raise ValueError(f"faults outside {self.start:%H:%M}-{self.until:%H:%M}: {', '.join(late)}")
+
     @classmethod
     def short(cls) -> SoakOptions:
         """About four minutes: 09:00-10:50 at 40x, the peak from 09:50 (the test suite runs this one)."""
@@ -380,10 +391,13 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
     await reader.start()
     decisions: list[dict[str, Any]] = []
     assigned: list[dict[str, Any]] = []
+    moved: set[tuple[str, str, int]] = set()  # releases: an assign at the same instant only moves the symbol
     try:
         topic = settings.topic("slot.decisions")
         async for rec in read_ranges(reader, topic, await time_window(reader, topic, None, None)):
             value = codec.decode(rec.value)[1]
+            if value["action"] == "release":
+                moved.add((value["app_key_id"], value["symbol"], value["decided_at_us"]))
             if value["action"] == "assign":
                 assigned.append(value)
                 if value["trigger_type"] in ("surge", "snapshot_surge"):
@@ -399,11 +413,14 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
     latencies: list[float] = []
     quiet: list[float] = []  # the assignments whose surge came more than QUIET_AFTER_FAULT_S after any fault
     samples: list[tuple[str, float]] = []  # (detected at, KST; seconds), for a look at where time went
-    unmatched = 0
+    unmatched = slot_moves = 0
     for d in decisions:
         if d["decision_id"] in seen:
             continue
         seen.add(d["decision_id"])
+        if (d["app_key_id"], d["symbol"], d["decided_at_us"]) in moved:
+            slot_moves += 1  # released and assigned again in one step: the bridge keeps its subscription
+            continue
         # Trades carry whole seconds and KIS sends a second's trades once it has passed.
         origin = wall_of(d["detected_at_us"] // 1_000_000 * 1_000_000 + 1_000_000)
         # This assignment's subscription comes before the symbol's next assignment could be decided (KIS
@@ -430,7 +447,12 @@ async def surge_to_subscribe(settings: Settings, day: dt.date, hooks: SoakHooks)
             quiet.append(sub - origin)
         at = dt.datetime.fromtimestamp(d["detected_at_us"] / 1e6, KST).strftime("%H:%M:%S")
         samples.append((at, round(sub - origin, 3)))
-    out: dict[str, Any] = {"assignments": len(seen), "unmatched": unmatched, "samples": samples}
+    out: dict[str, Any] = {
+        "assignments": len(seen) - slot_moves,
+        "slot_moves": slot_moves,
+        "unmatched": unmatched,
+        "samples": samples,
+    }
     out |= _percentiles(latencies)
     out["away_from_faults"] = {"assignments": len(quiet)} | _percentiles(quiet)
     return out

@@ -87,3 +87,12 @@ def test_the_peak_ramps_up_in_steps_under_the_surge_multiplier_then_holds() -> N
     for a, b in itertools.pairwise(periods):  # back to back, no overlap (overlapping factors would multiply)
         end = dt.datetime.combine(day, a.start) + dt.timedelta(minutes=a.minutes)
         assert end.time() == b.start
+
+
+def test_bad_soak_options_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="speed"):
+        SoakOptions(speed=0)
+    with pytest.raises(ValueError, match="peak_from"):
+        SoakOptions(peak_from=dt.time(16, 0))
+    with pytest.raises(ValueError, match="outside"):
+        SoakOptions(faults=(Fault(dt.time(16, 0), "ws_drop"),))
