@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test-tools demo test lint down status clean-state
+.PHONY: setup test-tools demo soak bench test lint down status clean-state
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,16 @@ setup: $(VENV)/.installed
 DEMO_ARGS ?=
 demo: setup
 	$(BIN)/observer demo $(DEMO_ARGS)
+
+# A whole simulated session (09:00-15:30 KST, ~11 min) under faults, then its checks. SOAK_ARGS=--short: ~4 min.
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/observer soak $(SOAK_ARGS)
+
+# Every benchmark under bench/, then one table of each result beside its same-run baseline (~15 min).
+BENCH_ARGS ?=
+bench: setup
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests $(wildcard bench)

@@ -53,7 +53,7 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     results = logs / "results.jsonl"
     results.unlink(missing_ok=True)
-    failed: list[str] = []
+    failed: list[str] = []  # exited non-zero: a crash if it left no result rows, else a target it missed
     started = time.monotonic()
     for name in chosen:
         t0 = time.monotonic()
@@ -73,6 +73,8 @@ def main() -> int:
         if done.returncode != 0:
             failed.append(name)
     rows = [orjson.loads(line) for line in results.read_bytes().splitlines()] if results.exists() else []
+    crashed = [name for name in failed if not any(r["bench"].replace(" ", "_") == name for r in rows)]
+    missed = [name for name in failed if name not in crashed]
     print()
     machine = f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores"
     print(f"benchmarks: {machine}; {time.monotonic() - started:.0f} s in all")
@@ -86,9 +88,11 @@ def main() -> int:
             f"{_fmt(r['baseline_value'], r['unit']):>18} {ratio:>7}"
         )
     print("ratio: value / baseline (for times, lower is better)")
-    if failed:
-        print(f"benches that failed or missed their targets: {', '.join(failed)} (see their logs)")
-    return 1 if failed else 0
+    if missed:
+        print(f"missed their own targets (exit 1, results above): {', '.join(missed)}; see their logs")
+    if crashed:
+        print(f"FAILED without results: {', '.join(crashed)}; see their logs")
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":
