@@ -567,6 +567,10 @@ async def run_soak(base: Settings, options: SoakOptions, echo: Callable[[str], N
     return SoakResult(run, options, hooks.injected, memory, latency, hooks.ends)
 
 
+def _seconds(v: float | None) -> str:
+    return "n/a (no evictions)" if v is None else f"{v:.0f} s"
+
+
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 1000:,.0f} ms" if v < 10 else f"{v:,.1f} s"
 
@@ -610,7 +614,7 @@ def soak_table(result: SoakResult) -> list[str]:
         (
             "slot policy",
             f"most held {', '.join(f'{k} {v}' for k, v in policy['max_held'].items())}; shortest eviction "
-            f"dwell {policy['shortest_eviction_dwell_s']} s; {len(policy['violations'])} violations",
+            f"dwell {_seconds(policy['shortest_eviction_dwell_s'])}; {len(policy['violations'])} violations",
         ),
         ("faults injected", f"{len(s['faults'])}: " + ", ".join(f"{f['sim_at'][:5]} {f['kind']}" for f in s["faults"])),
         ("peak RSS", ", ".join(f"{k} {v:.0f} MB" for k, v in mem["peak_rss_mb"].items())),
