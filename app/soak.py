@@ -283,10 +283,10 @@ class SoakHooks(DayHooks):
         self.together_max[phase] = max(self.together_max[phase], together)
 
     def _retire(self, day: LiveDay, role: str) -> None:
-        """A process about to end: its kernel peak RSS and its histograms are kept."""
+        """A process about to end: its kernel peak RSS is kept (``_keep_histograms`` keeps its latencies)."""
         pid = day.procs.pids().get(role)
         if pid is not None:
-            self.hwm_max[role] = max(self.hwm_max.get(role, 0), vm_hwm(pid) or 0)
+            self.hwm_max[role] = max(self.hwm_max.get(role, 0), rss_bytes(pid, "VmHWM") or 0)
 
     async def _keep_histograms(self, day: LiveDay, role: str) -> None:
         metrics = await asyncio.to_thread(scrape, day.ports[role])
@@ -369,11 +369,6 @@ def peak_periods(options: SoakOptions, day: dt.date) -> tuple[RatePeriod, ...]:
     if total > ramp:
         out.append(RatePeriod((begin + dt.timedelta(minutes=ramp)).time(), total - ramp, options.peak_factor))
     return tuple(out)
-
-
-def vm_hwm(pid: int) -> int | None:
-    """The kernel's peak resident set of a live process (``VmHWM``), bytes."""
-    return rss_bytes(pid, "VmHWM")
 
 
 def burst_surges(options: SoakOptions, day: dt.date, at: dt.time) -> list[SurgeSpec]:
