@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # a symbol's windows are decoded and stored once per batch instead of once per tick.
     worker_batch_max: int = Field(default=1000, ge=1)
     worker_batch_wait_s: float = Field(default=0.05, gt=0)
+    # How often the worker commits its input offsets, and so stores its tables (Faust's default): what a
+    # kill -9 makes it process again. Longer means fewer writes and more to redo after a crash.
+    worker_commit_interval_s: float = Field(default=2.8, gt=0)
     surge_multiplier: float = Field(default=3.0, gt=1)
     surge_min_volume: int = Field(default=10_000, ge=0)
     surge_lookback_minutes: int = Field(default=10, ge=1, le=60)

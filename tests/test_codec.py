@@ -282,6 +282,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         ],
         "applied_offsets": {"observer-slot-candidates:0": 1234, "kis.subscriptions:0": 56},
         "offered_minutes": {"005930": kst_us("20250115", "093000") // 60_000_000},
+        "merge_log_offset": 4711,
+        "held_refusals": [
+            {"app_key_id": "key-a", "symbol": "000660", "outcome": "max_subscribe_over", "msg_cd": "OPSP0008"}
+        ],
+        "refusals_ahead": [],
     },
     "SlotDecision": {
         "decision_id": "d-20250115-000187",
@@ -365,7 +370,7 @@ EXPECTED_FIELDS = {
     "SlotMergeStep": ["kind", "time_us", "source", "symbol", "detected_at_us", "app_key_id", "outcome", "msg_cd"],
     "SlotManagerState": [
         "clock_us", "released_until_us", "ignored_outside_session", "progress", "seqs", "pending", "holders",
-        "applied_offsets", "offered_minutes",
+        "applied_offsets", "offered_minutes", "merge_log_offset", "held_refusals", "refusals_ahead",
     ],
     "SlotDecision": [
         "decision_id", "app_key_id", "slot_id", "symbol", "action", "trigger_type", "priority_score",

@@ -7,6 +7,7 @@ import random
 
 from app.krx import KST
 from app.records import default_codec
+from app.slots.check import check_decisions
 from app.slots.manager import Refusal, SlotManager, restore_state, state_to_record
 from app.slots.policy import ASSIGN, RELEASE, Candidate, Decision, Overflow, SlotPolicy
 
@@ -242,3 +243,149 @@ def test_a_follower_applies_a_repeated_step_once_and_waits_for_a_missing_candida
     follower.arrive("ticks/0", c)
     assert decisions(follower.step_following()) == [(ASSIGN, "005380", at(day, 10, 0, 2))]
     assert follower.waiting == 0
+
+
+def live_inputs_and_states(day: dt.date, seed: int) -> dict:
+    """A live manager over three sources with random idleness and KIS refusals, as above; after every input
+    its merge-log steps are published (offsets counted) and its state is stored through its Avro codec, the
+    way the worker does both."""
+    rng = random.Random(seed)
+    manager = SlotManager(SlotPolicy(capacity=3, bootstrap=("005930",), min_dwell_us=60 * US), FOLLOW_SOURCES)
+    events: dict[str, list] = {s: [] for s in FOLLOW_SOURCES}
+    for s in FOLLOW_SOURCES:
+        t = at(day, 8, 57)
+        while t < at(day, 10, 0):
+            t += rng.randrange(1, 40) * US
+            if rng.random() < 0.3:
+                events[s].append(("add", s, t, Candidate(f"{rng.randrange(20):06d}", rng.random(), "surge", t)))
+            else:
+                events[s].append(("advance", s, t, None))
+    codec = default_codec()
+    cursors = dict.fromkeys(FOLLOW_SOURCES, 0)
+    run: dict[str, list] = {"inputs": [], "outcomes": [], "log": [], "states": [], "log_ends": []}
+    while any(cursors[s] < len(events[s]) for s in FOLLOW_SOURCES):
+        if rng.random() < 0.05 and manager.book.held():
+            held = [h.symbol for h in manager.book.slots["main"] if h is not None]
+            event: tuple = ("refuse", "", 0, Refusal("main", rng.choice(held), "max_subscribe_over", "OPSP0008"))
+        else:
+            s = rng.choice(sorted(x for x in FOLLOW_SOURCES if cursors[x] < len(events[x])))
+            event = events[s][cursors[s]]
+            cursors[s] += 1
+        run["inputs"].append(event)
+        feed(manager, event)
+        run["outcomes"].append(manager.step({x for x in sorted(FOLLOW_SOURCES) if rng.random() < 0.2}))
+        for step in manager.merge_log:
+            run["log"].append((len(run["log"]), step))
+            manager.merge_log_offset = len(run["log"]) - 1
+        manager.merge_log.clear()
+        run["log_ends"].append(len(run["log"]))
+        run["states"].append(codec.encode("SlotManagerState", state_to_record(manager)))
+    return run
+
+
+def feed(manager: SlotManager, event: tuple) -> None:
+    kind, source, t, item = event
+    if kind == "add":
+        manager.add(source, t, item)
+    elif kind == "advance":
+        manager.advance(source, t)
+    else:
+        manager.refuse_now(item)
+
+
+def restart(state: bytes, log: list[tuple[int, dict]], recover: bool = True) -> SlotManager:
+    m = SlotManager(SlotPolicy(capacity=3, bootstrap=("005930",), min_dwell_us=60 * US), FOLLOW_SOURCES)
+    restore_state(m, default_codec().decode(state)[1])
+    if recover:
+        m.recover(log)
+    return m
+
+
+def records(outcomes: list) -> list[dict]:
+    return [o.to_record() for o in outcomes if isinstance(o, Decision)]
+
+
+def test_a_restart_applies_the_steps_its_killed_run_published_and_makes_no_second_history() -> None:
+    """The worker publishes a batch's merge steps and decisions before the state that reflects them, and is
+    killed -9 in between: the restarted manager gets its inputs again from the stored state's offsets, with
+    other idleness (a wall-clock input). It must repeat what was published (same ids) and go on from there;
+    deciding again instead gave the soak two histories of the same slots."""
+    day = dt.date(2026, 11, 20)
+    conflicts_without_recovery = 0
+    recovered_steps = 0
+    for seed in range(12):
+        run = live_inputs_and_states(day, seed)
+        rng = random.Random(seed)
+        for _ in range(6):
+            stored = rng.randrange(0, len(run["inputs"]) - 40)
+            killed = stored + rng.randrange(1, 40)
+            published_log = run["log"][: run["log_ends"][killed]]
+            published = [o for out in run["outcomes"][: killed + 1] for o in out]
+            repeated = [o for out in run["outcomes"][stored + 1 : killed + 1] for o in out]
+            for recover in (True, False):
+                m = restart(run["states"][stored], published_log, recover)
+                recovered_steps += m.recovering if recover else 0
+                idle_rng = random.Random(seed * 100 + killed)
+                again: list = []
+                for event in run["inputs"][stored + 1 :]:
+                    recovering = m.recovering
+                    feed(m, event)
+                    again.extend(m.step({x for x in sorted(FOLLOW_SOURCES) if idle_rng.random() < 0.5}))
+                    assert not (recovering and m.recovering and m.merge_log), "steps applied again are not logged again"
+                check = check_decisions(records(published + again), capacity=3, min_dwell_us=60 * US)
+                if recover:
+                    assert m.recovering == 0
+                    assert again[: len(repeated)] == repeated, "the published outcomes again, with the same ids"
+                    assert check.violations == [], (seed, stored, killed, check.violations)
+                else:
+                    conflicts_without_recovery += bool(check.violations)
+    assert recovered_steps > 100
+    assert conflicts_without_recovery > 0, "the scenario must make a restart that decides again go wrong"
+
+
+def test_a_second_crash_while_recovering_resumes_from_the_state_stored_then() -> None:
+    """The state stored mid-recovery holds the steps applied so far (its merge-log offset), the refusals that
+    came meanwhile and those applied ahead of their input: a second restart goes on from it."""
+    day = dt.date(2026, 11, 20)
+    kinds: set[str] = set()
+    for seed in range(12):
+        run = live_inputs_and_states(day, seed)
+        stored, killed = len(run["inputs"]) // 3, len(run["inputs"]) // 3 + 30
+        published_log = run["log"][: run["log_ends"][killed]]
+        kinds |= {step["kind"] for _, step in published_log[run["log_ends"][stored] :]}
+        published = [o for out in run["outcomes"][: killed + 1] for o in out]
+        once = restart(run["states"][stored], published_log)
+        again: list = []
+        inputs = run["inputs"][stored + 1 :]
+        taken = 0
+        while once.recovering and taken < 15:
+            feed(once, inputs[taken])
+            again.extend(once.step())
+            taken += 1
+        mid = default_codec().encode("SlotManagerState", state_to_record(once))
+        twice = restart(mid, published_log)
+        for event in inputs[taken:]:
+            feed(twice, event)
+            again.extend(twice.step())
+        assert twice.recovering == 0
+        check = check_decisions(records(published + again), capacity=3, min_dwell_us=60 * US)
+        assert check.violations == [], (seed, check.violations)
+    assert {"candidate", "refusal"} <= kinds, "the recovered steps included refusals"
+
+
+def test_a_recovered_step_whose_input_never_comes_again_can_be_given_up() -> None:
+    day = dt.date(2026, 11, 20)
+    m = SlotManager(SlotPolicy(capacity=41, bootstrap=()), FOLLOW_SOURCES)
+    step = {"kind": "candidate", "time_us": at(day, 10, 0, 2), "source": "ticks/0", "symbol": "005380"}
+    m.recover([(0, step | {"detected_at_us": at(day, 10, 0), "app_key_id": "", "outcome": "", "msg_cd": ""})])
+    for s in FOLLOW_SOURCES:
+        m.advance(s, at(day, 10, 5))
+    assert m.step() == [] and m.recovering == 1, "nothing is decided while a recovered step waits"
+    m.refuse_now(Refusal("main", "005930", "max_subscribe_over", "OPSP0008"))
+    assert m.held_refusals, "a refusal that comes meanwhile waits too"
+    assert m.abandon_recovery() == 1
+    assert m.recovering == 0 and m.held_refusals == []
+    m.add("ticks/1", at(day, 10, 6), Candidate("000660", 0.9, "surge", at(day, 10, 6)))
+    for s in FOLLOW_SOURCES:
+        m.advance(s, at(day, 10, 7))
+    assert (ASSIGN, "000660", at(day, 10, 6)) in decisions(m.step()), "the merge decides again"

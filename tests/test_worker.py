@@ -152,6 +152,9 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"{name} is {seen}, not {value}, after {deadline_s} s")
 
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
         try:
@@ -480,6 +483,43 @@ def test_slot_state_comes_back_from_the_changelog_after_kill_9(isolated: Setting
     assert (release["slot_id"], release["symbol"]) in {(h[0], h[1]) for h in held}
     assert (assign["symbol"], assign["slot_id"]) == (challenger, release["slot_id"])
     assert len(overflowed) == 5, "no candidate of the first run was decided on again"
+
+
+def test_a_worker_killed_before_storing_its_state_repeats_what_its_merge_log_says(
+    isolated: Settings, worker_home: Path
+) -> None:
+    """Slots decided and published, the state that says so never stored (no commit before the kill -9): the
+    restarted worker takes every input again, and applies the merge-log steps the killed run published, in
+    their order, before it decides anything itself. Its decisions are the published ones again, same ids."""
+    asyncio.run(apply_topics(isolated))
+    ticks = morning(SURGING)
+    asyncio.run(produce(isolated, ticks))
+    env = {"OBSERVER_SLOT_CAPACITY": "3", "OBSERVER_SLOT_BOOTSTRAP": "[]"}
+    worker = WorkerProcess(isolated, worker_home, env | {"OBSERVER_WORKER_COMMIT_INTERVAL_S": "3600"})
+    try:
+        worker.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3, deadline_s=90)
+        worker.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+        first, _ = decisions_and_overflow(isolated)
+        steps = [
+            default_codec().decode(v)[1] for v in asyncio.run(read_raw(isolated, isolated.topic("slot.merge-log")))
+        ]
+    finally:
+        assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert len(first) == 3 and [s["kind"] for s in steps].count("candidate") == 8, steps
+
+    restarted = WorkerProcess(isolated, worker_home, env)
+    try:
+        restarted.wait_metric('observer_worker_slot_recovered_steps_total{outcome="applied"}', len(steps), 90)
+        restarted.wait_metric("observer_worker_slot_recovering_steps", 0)
+        restarted.wait_metric('observer_worker_slot_decisions_total{action="assign"}', 3)
+        restarted.wait_metric('observer_worker_slot_overflow_total{reason="weaker_holders_within_min_dwell"}', 5)
+        assert restarted.metric('observer_worker_slot_recovered_steps_total{outcome="abandoned"}') == 0
+    finally:
+        assert restarted.stop() == 0
+    assert f"slot manager recovering: {len(steps)} merge-log steps after offset -1" in restarted.log_text()
+    decided, overflowed = decisions_and_overflow(isolated)
+    assert decided == first + first, "the same decisions again, ids included, and no other"
+    assert len(overflowed) == 10 and overflowed[5:] == overflowed[:5]
 
 
 def test_a_krx_holiday_gets_no_bootstrap_and_no_decisions(isolated: Settings, worker_home: Path) -> None:

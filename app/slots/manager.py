@@ -9,9 +9,10 @@ makes them exactly as live did. On a day the XKRX calendar says is not a session
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import heapq
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,18 @@ class SlotManager:
     # input surge at most once a minute.
     offered_minutes: dict[str, int] = field(default_factory=dict)
 
+    # The offset in ``slot.merge-log`` of the last step this state reflects (-1: none, -2: unknown). The worker
+    # publishes each step before the state that reflects it, so a restarted manager finds the steps its
+    # previous run made after its stored state, and applies them again (see :meth:`recover`).
+    merge_log_offset: int = -1
+
     _ready: list[Outcome] = field(init=False, default_factory=list)  # refusals' outcomes for the next step
+    # Recovering: the (offset, step) records of the merge log still to apply again, the refusals that came
+    # while they were applied (applied after them), and the refusals those steps applied before their own
+    # input came again (that input is then not applied twice).
+    _recovery: deque[tuple[int, dict[str, Any]]] = field(init=False, default_factory=deque)
+    held_refusals: list[Refusal] = field(init=False, default_factory=list)
+    refusals_ahead: Counter[Refusal] = field(init=False, default_factory=Counter)
     # Every step applied since the caller last took them (SlotMergeStep records), for ``slot.merge-log``.
     merge_log: list[dict[str, Any]] = field(init=False, default_factory=list)
     # Following another run's merge log (a replay): its steps, and the candidates waiting for theirs.
@@ -103,14 +115,28 @@ class SlotManager:
         past every pending input at once. A refusal answers a decision already made, so it is applied at
         the manager's current time; its outcomes come with the next :meth:`step`.
         """
+        if self._recovery:
+            self.held_refusals.append(refusal)
+            return
+        if self.refusals_ahead[refusal] > 0:  # applied already, from the merge log of the run before a crash
+            self.refusals_ahead[refusal] -= 1
+            return
         if self.clock_us >= 0:
             r = refusal
             self._ready.extend(self.book.refused(r.app_key_id, r.symbol, r.outcome, r.msg_cd, self.clock_us))
             self.merge_log.append(_step("refusal", self.clock_us, refusal=r))
 
     def step(self, idle: Iterable[str] = ()) -> list[Outcome]:
-        """Decide on everything the watermark releases, with the session transitions in between."""
-        out: list[Outcome] = self._ready
+        """Decide on everything the watermark releases, with the session transitions in between. While
+        recovering, apply the recovered steps instead, as far as their inputs have come again."""
+        out: list[Outcome] = []
+        if self._recovery:
+            out.extend(self._apply_recovered())
+            if self._recovery:
+                return out
+        elif self.held_refusals:  # stored while recovering, and no step was left to apply
+            self._end_recovery()
+        out.extend(self._ready)
         self._ready = []
         for pending in self.merger.release(idle):
             out.extend(self._run_clock_until(pending.time_us, inclusive=True))
@@ -129,6 +155,88 @@ class SlotManager:
                 self.merge_log.append(_step("clock", mark))
             out.extend(moved)
         return out
+
+    # ------------------------------------------------------------------------- recovering a crash
+
+    def recover(self, steps: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        """The merge-log steps (offset, SlotMergeStep record) published after this state by the run before.
+
+        That run decided them, and its decisions are in Kafka; deciding again from the re-delivered inputs
+        could decide otherwise (idleness and refusals are wall-clock inputs), and two histories of the same
+        slots would be in the log. So :meth:`step` applies these steps, in their order and at their times,
+        each once its input has come again (all of them were in Kafka before their step was), and only then
+        goes back to the event-time merge. The outcomes are those already published, with the same ids."""
+        self._recovery.extend((o, s) for o, s in steps if o > self.merge_log_offset)
+
+    @property
+    def recovering(self) -> int:
+        """Recovered steps not applied yet."""
+        return len(self._recovery)
+
+    def abandon_recovery(self) -> int:
+        """Stop waiting for the recovered steps' inputs and decide from the merge (an input that never came
+        again: the operator is told); returns how many steps were left."""
+        left = len(self._recovery)
+        self._recovery.clear()
+        self._end_recovery()
+        return left
+
+    def _apply_recovered(self) -> list[Outcome]:
+        out: list[Outcome] = []
+        merger = self.merger
+        while self._recovery:
+            offset, s = self._recovery[0]
+            t = int(s["time_us"])
+            if s["kind"] == "candidate":
+                entry = self._take_pending(s["source"], s["symbol"], int(s["detected_at_us"]))
+                if entry is None:
+                    break  # its input has not come again yet
+                out.extend(self._run_clock_until(t, inclusive=True))
+                out.extend(self._apply(entry.item, t))
+                merger.released_until_us = max(merger.released_until_us, t + 1)  # it was released below the mark
+            elif s["kind"] == "refusal":
+                refusal = Refusal(s["app_key_id"], s["symbol"], s["outcome"], s["msg_cd"])
+                out.extend(self.book.refused(refusal.app_key_id, refusal.symbol, refusal.outcome, refusal.msg_cd, t))
+                self.refusals_ahead[refusal] += 1
+            elif s["kind"] == "clock":
+                if self.clock_us < 0 or t - 1 > self.clock_us:
+                    out.extend(self._run_clock_until(t, inclusive=False))
+                merger.released_until_us = max(merger.released_until_us, t)
+            self.merge_log_offset = offset
+            self._recovery.popleft()
+        if not self._recovery:
+            self._end_recovery()
+        return out
+
+    def _take_pending(self, source: str, symbol: str, detected_at_us: int) -> Pending | None:
+        """Remove and return the pending candidate of this source, symbol and detection time."""
+        pending = self.merger.pending
+        for i, p in enumerate(pending):
+            c = p.item
+            if (
+                p.source == source
+                and isinstance(c, Candidate)
+                and (c.symbol, c.detected_at_us) == (symbol, detected_at_us)
+            ):
+                pending[i] = pending[-1]
+                pending.pop()
+                heapq.heapify(pending)
+                return p
+        return None
+
+    def _end_recovery(self) -> None:
+        # Inputs that came while recovering were merged at the times they had then; the recovered steps may
+        # have released past those, and nothing is released below what was (as the merger does on add).
+        merger = self.merger
+        floor = merger.released_until_us
+        if any(p.time_us < floor for p in merger.pending):
+            merger.pending = [
+                p if p.time_us >= floor else dataclasses.replace(p, time_us=floor) for p in merger.pending
+            ]
+            heapq.heapify(merger.pending)
+        held, self.held_refusals = self.held_refusals, []
+        for refusal in held:
+            self.refuse_now(refusal)
 
     # ----------------------------------------------------------------------------- following a log
 
@@ -318,7 +426,18 @@ def state_to_record(manager: SlotManager) -> dict[str, Any]:
         "holders": holders,
         "applied_offsets": dict(manager.applied_offsets),
         "offered_minutes": dict(manager.offered_minutes),
+        "merge_log_offset": manager.merge_log_offset,
+        "held_refusals": [_refusal_record(r) for r in manager.held_refusals],
+        "refusals_ahead": [_refusal_record(r) for r, n in manager.refusals_ahead.items() for _ in range(n)],
     }
+
+
+def _refusal_record(r: Refusal) -> dict[str, str]:
+    return {"app_key_id": r.app_key_id, "symbol": r.symbol, "outcome": r.outcome, "msg_cd": r.msg_cd}
+
+
+def _refusal_of(r: dict[str, Any]) -> Refusal:
+    return Refusal(r["app_key_id"], r["symbol"], r["outcome"], r["msg_cd"])
 
 
 def restore_state(manager: SlotManager, record: dict[str, Any]) -> None:
@@ -327,6 +446,9 @@ def restore_state(manager: SlotManager, record: dict[str, Any]) -> None:
     manager.ignored_outside_session = int(record["ignored_outside_session"])
     manager.applied_offsets = {str(k): int(v) for k, v in record.get("applied_offsets", {}).items()}
     manager.offered_minutes = {str(k): int(v) for k, v in record.get("offered_minutes", {}).items()}
+    manager.merge_log_offset = int(record.get("merge_log_offset", -2))
+    manager.held_refusals = [_refusal_of(r) for r in record.get("held_refusals", [])]
+    manager.refusals_ahead = Counter(_refusal_of(r) for r in record.get("refusals_ahead", []))
     merger = manager.merger
     merger.released_until_us = int(record["released_until_us"])
     merger.progress = {str(k): int(v) for k, v in record["progress"].items() if k in merger.sources}

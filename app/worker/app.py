@@ -25,6 +25,7 @@ from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from app.config import Settings
+from app.kafka_read import PartitionRange, new_reader, read_ranges, time_window
 from app.kis.credentials import choose_credentials
 from app.kis.rest import KisRestClient
 from app.krx import is_trading_day
@@ -63,6 +64,15 @@ class WorkerMetrics:
         self.snapshots_out = Counter("observer_scanner_snapshots", "Snapshots published by the scanner", registry=r)
         self.slots_used = Gauge("observer_worker_slots_used", "Slots held", registry=r)
         self.pending = Gauge("observer_worker_slot_pending_inputs", "Inputs waiting for the watermark", registry=r)
+        self.recovery = Counter(
+            "observer_worker_slot_recovered_steps",
+            "Merge-log steps of a stopped run applied again after a restart (applied) or given up on (abandoned)",
+            ["outcome"],
+            registry=r,
+        )
+        self.recovering = Gauge(
+            "observer_worker_slot_recovering_steps", "Merge-log steps of a stopped run still to apply", registry=r
+        )
         self.agent_crashes = Counter(
             "observer_worker_agent_crashes", "Agent crashes (Faust restarts the agent)", ["agent"], registry=r
         )
@@ -70,6 +80,9 @@ class WorkerMetrics:
 
 US = 1_000_000
 STATE_KEY = b"state"
+# A recovered merge-log step waits for its input to come again; every one was in Kafka before its step
+# was, so this is only reached if that input is gone (retention): then the merge decides again, loudly.
+RECOVERY_TIMEOUT_S = 120.0
 REFUSALS = {"max_subscribe_over", "error", "not_found"}
 
 
@@ -147,6 +160,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.worker_web_port,
         topic_partitions=12,
         topic_replication_factor=1,
+        broker_commit_interval=settings.worker_commit_interval_s,
     )
     metrics = WorkerMetrics(CollectorRegistry())
     view_state = WorkerState(metrics.registry)
@@ -342,6 +356,38 @@ def create_app(settings: Settings) -> faust.App:
             box["m"] = m
         return box["m"]
 
+    async def merge_log_after(offset: int) -> list[tuple[int, dict[str, Any]]]:
+        """The steps of ``slot.merge-log`` after ``offset``, up to its end now."""
+        topic = settings.output_topic("slot.merge-log")
+        reader = new_reader(settings.bootstrap_servers)
+        await reader.start()
+        try:
+            ranges = [r for r in await time_window(reader, topic, None, None) if r.partition == 0]
+            ranges = [PartitionRange(0, max(r.start, offset + 1), r.end) for r in ranges]
+            return [(rec.offset, codec.decode(rec.value)[1]) async for rec in read_ranges(reader, topic, ranges)]
+        finally:
+            await reader.stop()
+
+    async def recovered_manager() -> SlotManager:
+        """The manager, with the steps its previous run published after the stored state to apply again."""
+        if "m" in box:
+            return box["m"]
+        m = manager()
+        if not following and m.merge_log_offset >= -1:
+            steps = await merge_log_after(m.merge_log_offset)
+            m.recover(steps)
+            if m.recovering:
+                log.warning(
+                    "slot manager recovering: %d merge-log steps after offset %d were published by the run "
+                    "before this one after its last stored state; applying them again before deciding",
+                    m.recovering,
+                    m.merge_log_offset,
+                )
+                recovery_started[0] = time.monotonic()
+        return m
+
+    recovery_started = [0.0]
+
     at_log_end: set[str] = set()  # sources whose latest marker said the worker had read them to the end
 
     def idle_sources() -> set[str]:
@@ -404,8 +450,8 @@ def create_app(settings: Settings) -> faust.App:
         # Decides after every input, as the inputs arrive; the state is stored once per batch, and goes to
         # the changelog at the next commit (DeferredChangelog), before its offsets.
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_wait_s):
-            m = manager()
-            sent: list[Any] = []
+            m = await recovered_manager()
+            outcomes: list[Any] = []
             for event in batch:
                 msg = event.message
                 if not m.first_delivery(msg.topic, msg.partition, msg.offset):
@@ -413,25 +459,48 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 if not await take_slot_input(m, event):
                     continue
-                for outcome in m.step_following() if following else m.step(idle_sources()):
-                    if isinstance(outcome, Decision):
-                        metrics.decisions.labels(outcome.action).inc()
-                        key, value, topic = outcome.app_key_id.encode(), outcome.to_record(), decisions_topic
-                    else:
-                        metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
-                        key, value, topic = outcome.symbol.encode(), outcome.to_record(), overflow_topic
-                    stamp = outcome.decided_at_us / US
-                    sent.append(await topic.send(key=key, value=value, timestamp=stamp))
-                for merge_step in m.merge_log:
-                    stamp = merge_step["time_us"] / US
-                    sent.append(await merge_log_topic.send(key=b"merge", value=merge_step, timestamp=stamp))
-                m.merge_log.clear()
-            # The outcomes are in Kafka before the state that says they were made: a crash in between
-            # repeats them (same decision ids) rather than losing them.
-            await asyncio.gather(*sent)
+                recovering = m.recovering
+                outcomes.extend(m.step_following() if following else m.step(idle_sources()))
+                metrics.recovery.labels("applied").inc(recovering - m.recovering)
+            if m.recovering and time.monotonic() - recovery_started[0] > RECOVERY_TIMEOUT_S:
+                left = m.abandon_recovery()
+                metrics.recovery.labels("abandoned").inc(left)
+                log.error(
+                    "slot manager: %d recovered merge-log steps still wait for their inputs after %.0f s; "
+                    "deciding from the merge again (the next decisions may differ from what the run before "
+                    "decided after offset %d)",
+                    left,
+                    RECOVERY_TIMEOUT_S,
+                    m.merge_log_offset,
+                )
+            metrics.recovering.set(m.recovering)
+            await publish_outcomes(m, outcomes)
             metrics.slots_used.set(m.book.held())
             metrics.pending.set(m.waiting if following else len(m.merger.pending))
             slot_writes.set(STATE_KEY, codec.encode("SlotManagerState", state_to_record(m)), 0)
+
+    async def publish_outcomes(m: SlotManager, outcomes: list[Any]) -> None:
+        """The batch's merge steps, then its outcomes, each acknowledged before the next; the state that
+        says they were made follows them. A crash in between leaves steps the next run applies again
+        (:meth:`SlotManager.recover`), and outcomes it then repeats with the same ids: never an outcome
+        without its step, which a restart could decide otherwise."""
+        steps = [
+            await merge_log_topic.send(key=b"merge", value=step, timestamp=step["time_us"] / US) for step in m.merge_log
+        ]
+        m.merge_log.clear()
+        logged = await asyncio.gather(*steps)
+        if logged:
+            m.merge_log_offset = max(r.offset for r in logged)
+        sent: list[Any] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Decision):
+                metrics.decisions.labels(outcome.action).inc()
+                key, value, topic = outcome.app_key_id.encode(), outcome.to_record(), decisions_topic
+            else:
+                metrics.overflow.labels(outcome.reason.split(":")[0]).inc()
+                key, value, topic = outcome.symbol.encode(), outcome.to_record(), overflow_topic
+            sent.append(await topic.send(key=key, value=value, timestamp=outcome.decided_at_us / US))
+        await asyncio.gather(*sent)
 
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def slot_clock() -> None:
