@@ -224,6 +224,7 @@ class SoakHooks(DayHooks):
     sampled_at: float = 0.0
     histograms: dict[str, dict[float, float]] = field(default_factory=dict)
     ends: dict[str, Any] = field(default_factory=dict)
+    surge_latency: dict[str, Any] | None = None  # read from Kafka once drained, while the stack still runs
 
     def __post_init__(self) -> None:
         self.pending = sorted(self.options.faults, key=lambda f: f.at)
@@ -351,6 +352,8 @@ class SoakHooks(DayHooks):
         for role in ("worker", "sink"):
             self._retire(day, role)
         await self._keep_histograms(day, "sink")
+        # Now: a soak that started the stack itself stops it when the demo returns.
+        self.surge_latency = await surge_to_subscribe(day.settings, self.day, self)
 
 
 def peak_periods(options: SoakOptions, day: dt.date) -> tuple[RatePeriod, ...]:
@@ -544,6 +547,8 @@ async def run_soak(base: Settings, options: SoakOptions, echo: Callable[[str], N
     run = await run_demo(base, demo, echo, hooks)
     if run.day != day:
         raise RuntimeError(f"the soak planned {day} but the demo ran {run.day}")
+    if hooks.surge_latency is None:
+        raise RuntimeError("the demo returned without draining: the soak measured no surge latency")
     mb = 2**20
     memory = {
         "peak_rss_mb": {
@@ -558,7 +563,7 @@ async def run_soak(base: Settings, options: SoakOptions, echo: Callable[[str], N
         "frame_to_kafka_ack": quantiles(hooks.histograms.get("ack", {})),
         "tick_to_jsonl": quantiles(hooks.histograms.get("jsonl", {})),
         "tick_to_postgres": quantiles(hooks.histograms.get("postgres", {})),
-        "surge_to_subscribe": await surge_to_subscribe(run.settings, day, hooks),
+        "surge_to_subscribe": hooks.surge_latency,
     }
     return SoakResult(run, options, hooks.injected, memory, latency, hooks.ends)
 
