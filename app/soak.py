@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -352,8 +353,49 @@ class SoakHooks(DayHooks):
         for role in ("worker", "sink"):
             self._retire(day, role)
         await self._keep_histograms(day, "sink")
+        self.ends["in_flight"] = in_flight_at_cuts(
+            [s.to_json() for s in day.sim.ledger.sessions], (day.procs.logs / "bridge.log").read_text(errors="replace")
+        )
         # Now: a soak that started the stack itself stops it when the demo returns.
         self.surge_latency = await surge_to_subscribe(day.settings, self.day, self)
+
+
+BRIDGE_SESSION_LINE = re.compile(
+    r"KIS session (?P<id>\w+) closed: (?P<frames>\d+) frames, (?P<records>\d+) trade records received "
+    r"on local port (?P<port>\d+)"
+)
+
+
+def in_flight_at_cuts(sessions: list[dict[str, Any]], bridge_log: str) -> dict[str, Any]:
+    """Per connection (the client's port), the trade records KIS sent against those the bridge received.
+
+    A WebSocket cut resets the TCP connection, and what was still in the kernel's buffers (sent by KIS, not
+    yet read by the bridge) is gone: the bridge never received it, so no stage of the observer can account
+    for it, and real KIS does not send it again. The soak measures it exactly, session by session, so that
+    "KIS sent = Kafka" holds with it and nothing else: on a connection that was not cut, any difference is a
+    problem."""
+    received: dict[int, int] = {}
+    for m in BRIDGE_SESSION_LINE.finditer(bridge_log):
+        port = int(m["port"])
+        received[port] = received.get(port, 0) + int(m["records"])
+    sent: dict[int, int] = {}
+    cut: set[int] = set()
+    for s in sessions:
+        sent[s["client_port"]] = sent.get(s["client_port"], 0) + s["records_sent"]
+        if s["close_reason"] == "fault_drop":
+            cut.add(s["client_port"])
+    lost, problems = 0, []
+    for port, n in sorted(sent.items()):
+        if port not in received:
+            if n:
+                problems.append(f"the bridge logged no count for its session on port {port} ({n:,} records sent)")
+            continue
+        gap = n - received[port]
+        if gap < 0 or (gap and port not in cut):
+            problems.append(f"port {port}: KIS sent {n:,} trade records, the bridge received {received[port]:,}")
+        elif gap:
+            lost += gap
+    return {"lost_at_cuts": lost, "sessions_cut": len(cut), "sessions": len(sent), "problems": problems}
 
 
 def peak_periods(options: SoakOptions, day: dt.date) -> tuple[RatePeriod, ...]:
@@ -478,9 +520,14 @@ class SoakResult:
         audit = self.run.audit
         assert audit is not None
         out += [f"audit: {p}" for p in audit.problems()]
-        sent, in_kafka = self.ends["records_sent"], audit.ticks.kafka_distinct
+        flight = self.ends["in_flight"]
+        out += [f"KIS to bridge: {p}" for p in flight["problems"]]
+        sent, in_kafka = self.ends["records_sent"] - flight["lost_at_cuts"], audit.ticks.kafka_distinct
         if in_kafka != sent:
-            out.append(f"KIS sent {sent:,} trade records, {in_kafka:,} distinct ticks are in Kafka")
+            out.append(
+                f"KIS sent {sent:,} trade records the bridge received (after {flight['lost_at_cuts']:,} lost in "
+                f"flight at WebSocket cuts), {in_kafka:,} distinct ticks are in Kafka"
+            )
         if audit.ratio != 1.0:
             out.append(f"receive-to-persist is {audit.ratio}, not 100 %")
         if self.ends["faults_not_reached"]:
@@ -510,6 +557,8 @@ class SoakResult:
         return {
             "demo": self.run.summary(),
             "kis_records_sent": self.ends["records_sent"],
+            "lost_in_flight_at_cuts": self.ends["in_flight"]["lost_at_cuts"],
+            "kis_records_received": self.ends["records_sent"] - self.ends["in_flight"]["lost_at_cuts"],
             "busiest_hour": {
                 "from": dt.datetime.fromtimestamp(start / 1e6, KST).strftime("%H:%M") if start else None,
                 "trades": n,
@@ -593,6 +642,10 @@ def soak_table(result: SoakResult) -> list[str]:
     rows = [
         ("simulated day", f"{d['date']}, trades delivered until {d['simulated_until']} KST"),
         ("KIS sent", f"{s['kis_records_sent']:,} trade records"),
+        (
+            "lost in flight at cuts",
+            f"{s['lost_in_flight_at_cuts']:,} (sent, still in TCP buffers when a WebSocket cut reset the connection)",
+        ),
         (
             "busiest hour",
             f"{s['busiest_hour']['trades']:,} trades from {s['busiest_hour']['from']} "

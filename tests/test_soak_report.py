@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from app.sim.ledger import Ledger
-from app.soak import Fault, SoakHooks, SoakOptions, histogram, peak_periods, quantiles
+from app.soak import Fault, SoakHooks, SoakOptions, histogram, in_flight_at_cuts, peak_periods, quantiles
 
 MIN = 60_000_000
 
@@ -96,3 +96,32 @@ def test_bad_soak_options_are_refused_with_the_reason() -> None:
         SoakOptions(peak_from=dt.time(16, 0))
     with pytest.raises(ValueError, match="outside"):
         SoakOptions(faults=(Fault(dt.time(16, 0), "ws_drop"),))
+
+
+def _session(port: int, sent: int, reason: str) -> dict:
+    return {"client_port": port, "records_sent": sent, "close_reason": reason}
+
+
+def _bridge_line(port: int, records: int) -> str:
+    return (
+        f"2026-12-07 12:51:26,619 INFO app.bridge.service: KIS session 68e32eef603e closed: 9 frames, "
+        f"{records} trade records received on local port {port}\n"
+    )
+
+
+def test_records_in_flight_at_a_cut_are_counted_per_connection_and_nowhere_else() -> None:
+    sessions = [_session(50001, 1_000, "fault_drop"), _session(50002, 2_000, "client_closed")]
+    log = "noise\n" + _bridge_line(50001, 940) + _bridge_line(50002, 2_000)
+    assert in_flight_at_cuts(sessions, log) == {"lost_at_cuts": 60, "sessions_cut": 1, "sessions": 2, "problems": []}
+
+
+def test_a_gap_on_a_connection_that_was_not_cut_or_a_missing_count_is_a_problem() -> None:
+    sessions = [_session(50001, 1_000, "client_closed"), _session(50002, 5, "fault_drop"), _session(50003, 7, "x")]
+    log = _bridge_line(50001, 999) + _bridge_line(50002, 6)
+    got = in_flight_at_cuts(sessions, log)
+    assert got["lost_at_cuts"] == 0
+    assert got["problems"] == [
+        "port 50001: KIS sent 1,000 trade records, the bridge received 999",
+        "port 50002: KIS sent 5 trade records, the bridge received 6",
+        "the bridge logged no count for its session on port 50003 (7 records sent)",
+    ]

@@ -82,6 +82,7 @@ class SessionState:
     last_data: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
     restored: bool = False
+    records_parsed: int = 0  # trade records of this session's frames (a cut loses what is still in flight)
 
 
 class Bridge:
@@ -171,6 +172,7 @@ class Bridge:
             self.config.ws_url, ping_interval=None, compression=None, max_size=None, open_timeout=10, close_timeout=2
         ) as ws:
             state = SessionState(session_id=uuid.uuid4().hex[:12], ws=ws, approval_key=key)
+            local_port = ws.local_address[1] if ws.local_address else "?"
             self.session = state
             self.sessions_opened += 1
             self.metrics.connected.set(1)
@@ -191,6 +193,14 @@ class Bridge:
                     task.cancel()
                 await asyncio.gather(reader, stopper, *helpers, return_exceptions=True)
                 self.metrics.subscribed.set(0)
+                # Matched against what KIS sent on the connection (the simulator's ledger has the port).
+                log.info(
+                    "KIS session %s closed: %d frames, %d trade records received on local port %s",
+                    state.session_id,
+                    state.frame_seq,
+                    state.records_parsed,
+                    local_port,
+                )
 
     # -------------------------------------------------------------------------------------- reading
 
@@ -254,6 +264,7 @@ class Bridge:
         if ticks:
             self.day_counts.frame_parsed(ticks[0]["business_date"], len(records))
         self.records_parsed += len(records)
+        state.records_parsed += len(records)
         self.metrics.records_parsed.inc(len(records))
         self.publisher.submit(records)
 

@@ -26,6 +26,7 @@ class SessionLedger:
     replies: Counter[str] = field(default_factory=Counter)
     pings_sent: int = 0
     pongs_received: int = 0
+    client_port: int = 0  # the client's TCP port: the bridge logs what it received per local port
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class SessionLedger:
             "replies": dict(self.replies),
             "pings_sent": self.pings_sent,
             "pongs_received": self.pongs_received,
+            "client_port": self.client_port,
         }
 
 

@@ -244,6 +244,8 @@ class WsServer:
             return False
         session.app_key = app_key
         session.ledger = self.ledger.open_session(session.number, label, time.time())
+        remote = session.ws.remote_address
+        session.ledger.client_port = int(remote[1]) if remote else 0
         session.iv = "".join(self._rng.choices(string.hexdigits.lower()[:16], k=16))
         session.key = "".join(self._rng.choices(string.ascii_lowercase, k=32))
         session.last_ping = time.monotonic()
