@@ -62,19 +62,28 @@ SLOTS = 41
 # ------------------------------------------------------------------------------- the simulator side
 
 
-def flood_trades(codes: list[str], n: int, seed: int = 7) -> list[Trade]:
+def flood_trades(codes: list[str], n: int, seed: int = 7, remap: bool = True) -> list[Trade]:
     """``n`` realistic trades from a seeded market, mapped onto ``codes`` and ordered so that trades of a
-    symbol in the same second sit together (the simulator sends those as one multi-record frame)."""
+    symbol in the same second sit together (the simulator sends those as one multi-record frame).
+
+    ``remap``: every symbol's trades go to one of ``codes`` (dense, but a code's cumulative volume is no
+    longer monotonic, so a sink takes later ones for redeliveries); otherwise only the trades of ``codes``
+    themselves, as KIS would send them."""
     market = Market(seed=seed, business_date=DAY)
     start = dt.datetime(DAY.year, DAY.month, DAY.day, 9, 0, tzinfo=KST)
     market.start_at(int(start.timestamp()) * 1_000_000)
     mapping: dict[str, str] = {}
+    wanted = set(codes)
     out: list[Trade] = []
     second = 0
     while len(out) < n:
         second += 10
         until = int((start + dt.timedelta(seconds=second)).timestamp()) * 1_000_000
         for t in market.advance_to(until):
+            if not remap:
+                if t.symbol in wanted:
+                    out.append(t)
+                continue
             code = mapping.setdefault(t.symbol, codes[len(mapping) % len(codes)])
             out.append(Trade(code, t.event_time_us, [code, *t.record[1:]]))
     out = out[:n]
@@ -90,6 +99,7 @@ async def serve() -> None:
     print(f"READY {sim.rest_url} {sim.ws_url}", flush=True)
     loop = asyncio.get_running_loop()
     trades: list[Trade] = []
+    paced: list[Trade] = []  # as KIS sends them (a sink downstream keeps every one)
     while True:
         command = (await loop.run_in_executor(None, sys.stdin.readline)).split()
         if not command or command[0] == "STOP":
@@ -107,12 +117,12 @@ async def serve() -> None:
             rate, seconds = int(command[1]), float(command[2])
             per_tick = max(1, rate // 100)  # every 10 ms
             need = int(rate * seconds)
-            if len(trades) < need:
-                trades = flood_trades(codes, need)
+            if len(paced) < need:
+                paced = flood_trades(codes, need, remap=False)
             began = time.perf_counter()
             started = time.monotonic()
             for k, i in enumerate(range(0, need, per_tick)):
-                await sim.ws.deliver(trades[i : i + per_tick])
+                await sim.ws.deliver(paced[i : i + per_tick])
                 delay = started + (k + 1) * per_tick / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)  # pacing the sender, not synchronising anything

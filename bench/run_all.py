@@ -27,6 +27,7 @@ BENCHES = {
     "bridge": ["bench_bridge.py"],
     "worker": ["bench_worker.py"],
     "sink": ["bench_sink.py"],
+    "latency": ["bench_latency.py"],
     "surge_latency": ["bench_surge_latency.py"],
     "replay": ["bench_replay.py"],
 }

@@ -53,7 +53,7 @@ class SlotHistory:
 
 class DecisionReader:
     """Reads ``slot.decisions`` from its beginning (no consumer group) into a :class:`SlotHistory`; its
-    consumer also answers the sink's end-offset questions (lag)."""
+    second client answers the sink's end-offset questions (lag and catch-up)."""
 
     def __init__(self, bootstrap_servers: str, topic: str, codec: RecordCodec) -> None:
         self.topic = topic
@@ -62,6 +62,10 @@ class DecisionReader:
         self.undecodable = 0  # the sink agent dead-letters them when it reads them as its own input
         self.bootstrap_servers = bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None  # made in start(): aiokafka wants a running loop
+        # End offsets are asked on a client of their own. The reading consumer always has a fetch waiting
+        # at the broker (up to fetch_max_wait_ms, 500 ms, when there is nothing new), and a broker answers
+        # one connection's requests in order: asked there, each batch's catch_up waited ~360 ms behind it.
+        self._offsets: AIOKafkaConsumer | None = None
         self._tp = TopicPartition(topic, 0)
 
     @property
@@ -74,16 +78,26 @@ class DecisionReader:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest"
         )
+        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
         await self.consumer.start()
+        await self._offsets.start()
         self.consumer.assign([self._tp])
         await self.consumer.seek_to_beginning(self._tp)
 
     async def stop(self) -> None:
         await self.consumer.stop()
+        if self._offsets is not None:
+            await self._offsets.stop()
+
+    @property
+    def offsets(self) -> AIOKafkaConsumer:
+        if self._offsets is None:
+            raise RuntimeError("DecisionReader.start() was not called")
+        return self._offsets
 
     async def catch_up(self) -> None:
         """Read every decision written before this call."""
-        end = (await self.consumer.end_offsets([self._tp]))[self._tp]
+        end = (await self.offsets.end_offsets([self._tp]))[self._tp]
         while await self.consumer.position(self._tp) < end:
             batch = await self.consumer.getmany(self._tp, timeout_ms=1000)
             for message in batch.get(self._tp, []):
@@ -97,4 +111,4 @@ class DecisionReader:
                     self.history.add(value)
 
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict(await self.consumer.end_offsets(partitions))
+        return dict(await self.offsets.end_offsets(partitions))
