@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from app import kafka_backoff
 from app.config import ConfigError, Settings, load_settings
 from app.stack.common import StackError
 from app.topics import TopicsError
@@ -894,6 +895,7 @@ def smoke(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    kafka_backoff.install()  # every Kafka client of every subcommand
     try:
         cli(standalone_mode=True)
     except (StackError, TopicsError) as exc:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from procs import OBSERVER, RECENT_OPEN, free_port, read_line
 
+from app import kafka_backoff
 from app.bridge.main import BridgeRun, run_bridge
 from app.config import Settings
 from app.kis.credentials import simulator_credentials
@@ -237,19 +239,40 @@ def test_drops_are_survived_and_only_gap_trades_are_missing(bridge_settings: Set
     asyncio.run(scenario())
 
 
+class LogCount(logging.Handler):
+    """Counts the log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.n = text, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.n += 1
+
+
 def test_broker_stopped_for_60_s_loses_and_duplicates_nothing(bridge_settings: Settings, stack: Settings) -> None:
     async def scenario() -> None:
         async with sim_and_bridge(bridge_settings, n_assign=20) as (sim, run, s):
             symbols = [x.code for x in sim.market.symbols[:20]]
             await wait_for(lambda: run.publisher.published_total > 1000, 60, "ticks flowing")
             kafka = LocalKafka(stack)  # the real broker (the bridge's own state lives in a temp home)
-            assert (await asyncio.to_thread(kafka.stop)).startswith("kafka: stopped")
-            stopped_at = run.bridge.records_parsed
-            # The outage itself: 60 s without a broker while trades keep arriving.
-            await asyncio.sleep(60)
-            assert run.bridge.records_parsed > stopped_at + 1000, "ingest went on during the outage"
-            assert run.publisher.journaled_total > 0, "the journal took the records"
-            await asyncio.to_thread(kafka.start)
+            failed_updates = LogCount("Unable to update metadata")
+            logging.getLogger("aiokafka").addHandler(failed_updates)
+            try:
+                assert (await asyncio.to_thread(kafka.stop)).startswith("kafka: stopped")
+                stopped_at = run.bridge.records_parsed
+                # The outage itself: 60 s without a broker while trades keep arriving.
+                await asyncio.sleep(60)
+                parsed_in_outage = run.bridge.records_parsed - stopped_at
+                journaled = run.publisher.journaled_total
+            finally:
+                logging.getLogger("aiokafka").removeHandler(failed_updates)
+                await asyncio.to_thread(kafka.start)  # whatever failed: the tests after this one need it
+            assert parsed_in_outage > 1000, "ingest went on during the outage"
+            assert journaled > 0, "the journal took the records"
+            # Without app.kafka_backoff, aiokafka's clients retry at once: 92,282 failures in these 60 s (125 with it).
+            assert 0 < failed_updates.n < 600, f"{failed_updates.n} failed metadata updates in 60 s"
             await release_all_and_settle(sim, run, s, symbols)
             totals = sim.ledger.totals()
             ticks = await read_topic(s, "kis.ticks.raw", expected=totals["records_sent"], deadline_s=120)
@@ -413,3 +436,8 @@ def test_pingpong_is_echoed_so_kis_keeps_the_session(bridge_settings: Settings) 
         assert pings >= 5
 
     asyncio.run(scenario())
+
+
+def test_the_pause_between_failed_metadata_updates_doubles_up_to_a_second() -> None:
+    assert [kafka_backoff.pause_s(0.1, n) for n in range(6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert kafka_backoff.pause_s(0.1, 10_000) == kafka_backoff.MAX_PAUSE_S

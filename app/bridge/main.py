@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app import kafka_backoff
 from app.bridge.assignments import AssignmentFollower
 from app.bridge.journal import Journal
 from app.bridge.metrics import BridgeMetrics
@@ -47,6 +48,7 @@ async def run_bridge(
     watchdog_always: bool | None = None,
 ) -> BridgeRun:
     """Run until ``stop`` (or SIGTERM/SIGINT when ``stop`` is None); flush; return the run for its counts."""
+    kafka_backoff.install()
     credentials = choose_credentials(settings, dict(os.environ))
     app_key_id = settings.bridge_app_key_id
     metrics = BridgeMetrics()

@@ -28,6 +28,7 @@ from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app import kafka_backoff
 from app.config import Settings
 from app.worker.codecs import register_avro_codecs
 
@@ -83,6 +84,7 @@ def new_observer_app(
     registered; in-memory stores rebuilt from changelogs; every send acknowledged by all replicas; a killed
     process's partitions move after 10 s (Faust's default is a minute)."""
     register_avro_codecs()
+    kafka_backoff.install()
     app_id = f"{settings.topic_prefix}{app_name}"
     datadir = settings.home / role / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
