@@ -32,13 +32,26 @@ from psycopg import sql
 from app.audit import DayAudit, collect_day
 from app.config import Settings
 from app.krx import KST, latest_session, today_kst
-from app.runs import Processes, RunError, free_port, healthy, metric_sum, scrape, wait_drained, wait_for
+from app.runs import (
+    Processes,
+    RunError,
+    committed_offsets,
+    end_offsets,
+    free_port,
+    healthy,
+    metric_sum,
+    scrape,
+    wait_drained,
+    wait_for,
+)
 from app.sim.server import KisSimulator, SimConfig
 from app.sim.ws import WsFaults
 from app.sink.render import KINDS
 from app.stack.kafka import LocalKafka
 from app.stack.postgres import LocalPostgres
 from app.topics import apply_topics, delete_topics
+
+WORKER_INPUTS = ("kis.ticks.raw", "kis.snapshots", "kis.subscriptions")  # what the worker reads from outside
 
 SCHEMA_PREFIX = "demo_"
 
@@ -310,12 +323,27 @@ async def run_demo(
         sim_stopped = True
         await sim.stop()
         sink_inputs = [settings.topic(logical) for logical in KINDS]
-        await wait_drained(settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo)
-        stages["drain"] = time.monotonic() - t2
+        worker_inputs = [settings.topic(logical) for logical in WORKER_INPUTS]
+        worker_group = settings.topic_prefix + settings.worker_app_id
+
+        async def worker_behind() -> int:
+            # Surges are rare: a worker still working off a backlog (after a kill -9, say) can publish none
+            # for longer than the quiet period, and publish more once the sink has been stopped.
+            ends = await end_offsets(settings, worker_inputs)
+            committed = await committed_offsets(settings, worker_group)
+            return sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+
+        await wait_drained(
+            settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=4.0, echo=echo, also_behind=worker_behind
+        )
         await hooks.drained(live)
         crashes = metric_sum(scrape(ports["worker"]), "observer_worker_agent_crashes_total")
         if crashes:
             raise RunError(f"the worker's agents crashed {crashes:.0f} times; see {home / 'logs' / 'worker.log'}")
+        # The worker stops before the sink, which then writes whatever the worker published on its way out.
+        procs.stop("worker")
+        await wait_drained(settings, sink_inputs, procs, options.drain_timeout_s, quiet_s=1.0, echo=echo)
+        stages["drain"] = time.monotonic() - t2
         if not run.sim_totals.get("records_sent"):
             raise RunError("the simulator sent no trades: the bridge subscribed nothing (no slot decisions?)")
     finally:
